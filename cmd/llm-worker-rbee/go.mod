@@ -1,0 +1,28 @@
+module github.com/rbee-dev/rbee/cmd/llm-worker-rbee
+
+go 1.26.0
+
+require (
+	github.com/gpustack/gguf-parser-go v0.28.2
+	github.com/ollama/ollama v0.6.5
+	github.com/rbee-dev/rbee v0.0.0
+	gotest.tools/v3 v3.5.2
+)
+
+require (
+	github.com/google/go-cmp v0.6.0 // indirect
+	github.com/henvic/httpretty v0.1.4 // indirect
+	github.com/json-iterator/go v1.1.12 // indirect
+	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
+	github.com/modern-go/reflect2 v1.0.2 // indirect
+	github.com/smallnest/ringbuffer v0.0.0-20241116012123-461381446e3d // indirect
+	golang.org/x/crypto v0.33.0 // indirect
+	golang.org/x/exp v0.0.0-20250218142911-aa4b98e5adaa // indirect
+	golang.org/x/mod v0.23.0 // indirect
+	golang.org/x/sync v0.11.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/tools v0.30.0 // indirect
+	gonum.org/v1/gonum v0.15.1 // indirect
+)
+
+replace github.com/rbee-dev/rbee => ../..

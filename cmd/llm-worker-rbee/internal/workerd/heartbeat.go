@@ -1,0 +1,76 @@
+package workerd
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine"
+	"github.com/rbee-dev/rbee/internal/api"
+)
+
+// rateMeter turns running token totals into rates over the last interval.
+type rateMeter struct {
+	mu   sync.Mutex
+	last engine.Stats
+	at   time.Time
+}
+
+// rates returns prompt and generation tokens per second since the last call.
+func (m *rateMeter) rates(now engine.Stats) (prompt, gen float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := time.Now()
+	if !m.at.IsZero() {
+		secs := t.Sub(m.at).Seconds()
+		if secs > 0 {
+			prompt = float64(now.PromptTokens-m.last.PromptTokens) / secs
+			gen = float64(now.GeneratedTokens-m.last.GeneratedTokens) / secs
+		}
+	}
+	m.last, m.at = now, t
+	return prompt, gen
+}
+
+// heartbeat is the worker's state as the queen should see it now.
+func (w *worker) heartbeat() api.Heartbeat {
+	state, errText, eng := w.snapshot()
+	hb := api.Heartbeat{
+		WorkerID:        w.cfg.ID,
+		ProtocolVersion: api.ProtocolVersion,
+		State:           state,
+		URL:             w.url,
+		Model:           w.cfg.Name,
+		Device:          w.cfg.Device.String(),
+		SlotsTotal:      w.cfg.Slots,
+		RSSBytes:        residentBytes(),
+		Error:           errText,
+	}
+	if eng != nil {
+		stats := eng.Stats()
+		hb.SlotsBusy = stats.SlotsBusy
+		hb.RequestsServed = stats.RequestsServed
+		hb.PromptTokensPerSec, hb.GenTokensPerSec = w.rates.rates(stats)
+	}
+	return hb
+}
+
+// residentBytes is this process's resident set size, from /proc (0 where
+// there is no /proc).
+func residentBytes() int64 {
+	data, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(fields[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
+}

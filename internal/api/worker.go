@@ -1,0 +1,44 @@
+package api
+
+// CompletionRequest is the body of the worker's POST /v1/completion.
+// Pointer fields distinguish "not set" (use the default) from zero.
+type CompletionRequest struct {
+	Prompt      string   `json:"prompt"`
+	MaxTokens   int      `json:"max_tokens"`
+	Temperature *float32 `json:"temperature,omitempty"`
+	TopP        *float32 `json:"top_p,omitempty"`
+	TopK        *int     `json:"top_k,omitempty"`
+	Seed        *uint32  `json:"seed,omitempty"`
+	Stop        []string `json:"stop,omitempty"`
+	Stream      bool     `json:"stream"`
+}
+
+// Finish reasons, as OpenAI names them.
+const (
+	FinishStop   = "stop"   // end of sequence or a stop string
+	FinishLength = "length" // max_tokens or the context limit
+)
+
+// CompletionEvent is one Server-Sent Event of a streaming completion: a
+// token (Text set), or the final event (Done set, with counts and timing).
+// A non-streaming completion answers with one final event holding all text.
+type CompletionEvent struct {
+	Text             string  `json:"text,omitempty"`
+	Done             bool    `json:"done,omitempty"`
+	FinishReason     string  `json:"finish_reason,omitempty"`
+	PromptTokens     int     `json:"prompt_tokens,omitempty"`
+	CompletionTokens int     `json:"completion_tokens,omitempty"`
+	PromptMS         float64 `json:"prompt_ms,omitempty"`
+	GenerationMS     float64 `json:"generation_ms,omitempty"`
+	// Error ends a stream that failed after it started.
+	Error string `json:"error,omitempty"`
+}
+
+// WorkerHealth is the body of the worker's GET /health.
+type WorkerHealth struct {
+	Status     WorkerState `json:"status"`
+	Model      string      `json:"model"`
+	SlotsTotal int         `json:"slots_total"`
+	SlotsBusy  int         `json:"slots_busy"`
+	Error      string      `json:"error,omitempty"`
+}

@@ -1,0 +1,168 @@
+package hive
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/rbee-dev/rbee/internal/api"
+)
+
+// Environment variables that choose the state dir.
+const (
+	envStateDir     = "RBEE_HIVE_STATE_DIR"
+	envXDGStateHome = "XDG_STATE_HOME"
+)
+
+// safeID is what a worker id may look like: it names files in the state dir.
+var safeID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func checkID(id string) error {
+	if id == "" {
+		return usageErrorf("missing worker id")
+	}
+	if !safeID.MatchString(id) {
+		return usageErrorf("invalid worker id %q: use 1 to 64 of A-Z a-z 0-9 _ -", id)
+	}
+	return nil
+}
+
+// stateDir returns the hive's state dir: $RBEE_HIVE_STATE_DIR, else
+// $XDG_STATE_HOME/rbee, else ~/.local/state/rbee.
+func stateDir() (string, error) {
+	if dir := os.Getenv(envStateDir); dir != "" {
+		return dir, nil
+	}
+	// The XDG spec says to ignore a relative path.
+	if dir := os.Getenv(envXDGStateHome); filepath.IsAbs(dir) {
+		return filepath.Join(dir, "rbee"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find state dir: set %s: %w", envStateDir, err)
+	}
+	return filepath.Join(home, ".local", "state", "rbee"), nil
+}
+
+// store is the directory holding one record and one log per worker.
+type store struct {
+	dir string
+}
+
+// openStore returns the workers dir of the state dir, creating it (mode
+// 0700) when create is set.
+func openStore(create bool) (store, error) {
+	root, err := stateDir()
+	if err != nil {
+		return store{}, err
+	}
+	dir := filepath.Join(root, "workers")
+	if create {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return store{}, fmt.Errorf("create state dir: %w", err)
+		}
+	}
+	return store{dir: dir}, nil
+}
+
+func (s store) recordPath(id string) string { return filepath.Join(s.dir, id+".json") }
+
+func (s store) logPath(id string) string { return filepath.Join(s.dir, id+".log") }
+
+// errNoRecord reports that the hive has no record of a worker id.
+var errNoRecord = errors.New("no such worker")
+
+// read returns the record of worker id, or an error wrapping errNoRecord.
+func (s store) read(id string) (api.HiveWorker, error) {
+	data, err := os.ReadFile(s.recordPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return api.HiveWorker{}, fmt.Errorf("worker %q: %w", id, errNoRecord)
+	}
+	if err != nil {
+		return api.HiveWorker{}, fmt.Errorf("read worker record: %w", err)
+	}
+
+	var w api.HiveWorker
+	if err := json.Unmarshal(data, &w); err != nil {
+		return api.HiveWorker{}, fmt.Errorf("read worker record %s: %w", s.recordPath(id), err)
+	}
+	if w.ID != id {
+		return api.HiveWorker{}, fmt.Errorf("read worker record %s: it names worker %q",
+			s.recordPath(id), w.ID)
+	}
+	return w, nil
+}
+
+// write stores the record of w atomically: a reader sees the old record or
+// the new one, never a part.
+func (s store) write(w api.HiveWorker) error {
+	data, err := json.MarshalIndent(w, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode worker record: %w", err)
+	}
+
+	tmp, err := os.CreateTemp(s.dir, "."+w.ID+".json.tmp*")
+	if err != nil {
+		return fmt.Errorf("write worker record: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+
+	_, err = tmp.Write(append(data, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if closeErr := tmp.Close(); err == nil {
+		err = closeErr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), s.recordPath(w.ID))
+	}
+	if err != nil {
+		return fmt.Errorf("write worker record: %w", err)
+	}
+	return nil
+}
+
+// remove deletes the record of worker id; its log stays.
+func (s store) remove(id string) error {
+	err := os.Remove(s.recordPath(id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove worker record: %w", err)
+	}
+	return nil
+}
+
+// list returns every record, sorted by id. Records that cannot be read are
+// skipped and returned as warnings, so one bad file does not hide the rest.
+func (s store) list() ([]api.HiveWorker, []error, error) {
+	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list workers: %w", err)
+	}
+
+	var workers []api.HiveWorker
+	var warnings []error
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() || !safeID.MatchString(id) {
+			continue // temp files start with a dot and fail safeID
+		}
+		w, err := s.read(id)
+		if err != nil {
+			warnings = append(warnings, err)
+			continue
+		}
+		workers = append(workers, w)
+	}
+	sort.Slice(workers, func(i, j int) bool { return workers[i].ID < workers[j].ID })
+	return workers, warnings, nil
+}

@@ -1,0 +1,142 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// DefaultAddr is where the queen listens unless told otherwise.
+const DefaultAddr = "127.0.0.1:7833"
+
+// Main runs queen-rbee until SIGTERM, SIGINT or POST /v1/shutdown and
+// returns its exit code.
+func Main(args []string, stderr io.Writer) int {
+	cfg, verbose, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "queen-rbee: %v\n", err)
+		return 2
+	}
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		fmt.Fprintf(stderr, "queen-rbee: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := requireLoopback(cfg.Addr); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another queen running? `rbee queen status`)", cfg.Addr, err)
+	}
+	srv, err := newServer(cfg, log, "http://"+ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer srv.Close()
+	return srv.Serve(ctx, ln)
+}
+
+func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
+	cfg := Config{}
+	var verbose bool
+	fs := flag.NewFlagSet("queen-rbee", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Addr, "addr", defaultAddr(), "address to listen on (default from RBEE_QUEEN_URL)")
+	fs.StringVar(&cfg.DBPath, "db", defaultDBPath(), "SQLite file holding the queen's state")
+	fs.StringVar(&cfg.HiveBin, "hive-bin", "", "rbee-hive program for the local hive (default: beside queen-rbee, else PATH)")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 2*time.Second, "how often workers beat")
+	fs.IntVar(&cfg.QueueLimit, "queue-limit", defaultQueueLimit, "requests that may wait per model when all slots are busy")
+	fs.DurationVar(&cfg.QueueWait, "queue-wait", defaultQueueWait, "how long a request may wait for a slot")
+	fs.BoolVar(&verbose, "verbose", false, "debug logs (every request and heartbeat)")
+	if err := fs.Parse(args); err != nil {
+		return cfg, false, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if cfg.HeartbeatInterval < 100*time.Millisecond {
+		return cfg, false, fmt.Errorf("--heartbeat-interval must be at least 100ms, got %s", cfg.HeartbeatInterval)
+	}
+	if cfg.HiveBin == "" {
+		cfg.HiveBin = siblingOrPath("rbee-hive")
+	}
+	return cfg, verbose, nil
+}
+
+// requireLoopback refuses any address other than loopback: serving other
+// machines needs API keys, which this queen does not have yet.
+func requireLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--addr %q: want host:port: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("refusing to listen on %s: without API keys the queen would be open "+
+		"to the network; listen on 127.0.0.1 and reach it through SSH forwarding", addr)
+}
+
+// defaultAddr takes host:port from RBEE_QUEEN_URL, else DefaultAddr.
+func defaultAddr() string {
+	if raw := os.Getenv("RBEE_QUEEN_URL"); raw != "" {
+		if u, err := url.Parse(raw); err == nil && u.Host != "" {
+			return u.Host
+		}
+	}
+	return DefaultAddr
+}
+
+// defaultDBPath is $XDG_DATA_HOME/rbee/queen.db.
+func defaultDBPath() string {
+	dir := os.Getenv("XDG_DATA_HOME")
+	if dir == "" {
+		home, _ := os.UserHomeDir()
+		dir = filepath.Join(home, ".local", "share")
+	}
+	return filepath.Join(dir, "rbee", "queen.db")
+}
+
+// siblingOrPath finds a program next to this executable, else on PATH,
+// else returns the bare name (the error then names it when used).
+func siblingOrPath(name string) string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return name
+}

@@ -1,0 +1,145 @@
+// Package queen is the queen-rbee daemon: the single source of truth for
+// hives and workers (a SQLite registry), the receiver of worker heartbeats,
+// and the router that sends each inference request to a ready worker with a
+// free slot and streams the answer back.
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/heartbeat"
+	"github.com/rbee-dev/rbee/internal/registry"
+	"github.com/rbee-dev/rbee/internal/sshexec"
+	"github.com/rbee-dev/rbee/internal/version"
+)
+
+// Config is how the queen is started.
+type Config struct {
+	Addr              string // listen address, host:port
+	DBPath            string
+	HiveBin           string // rbee-hive on the local hive
+	HeartbeatInterval time.Duration
+	QueueLimit        int
+	QueueWait         time.Duration
+	Clock             heartbeat.Clock // nil: the real clock
+}
+
+// Server is a running queen.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	store     *registry.Store
+	tracker   *heartbeat.Tracker
+	router    *router
+	hives     *hiveClient
+	startedAt time.Time
+	queenURL  string // how workers on the local hive reach this queen
+
+	// shutdown is called by POST /v1/shutdown.
+	shutdown context.CancelFunc
+	client   *http.Client
+}
+
+// newServer opens the registry and restores what the queen knew before.
+func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
+	store, err := registry.Open(cfg.DBPath)
+	if err != nil {
+		return nil, err
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = heartbeat.RealClock()
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		store:     store,
+		router:    newRouter(),
+		hives:     &hiveClient{bin: cfg.HiveBin, local: sshexec.Local{}},
+		startedAt: time.Now(),
+		queenURL:  queenURL,
+		// No overall timeout: completions stream for as long as they run;
+		// each request is bounded by its own context instead.
+		client: &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+			DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		}},
+	}
+	if cfg.QueueLimit > 0 {
+		s.router.queueLimit = cfg.QueueLimit
+	}
+	if cfg.QueueWait > 0 {
+		s.router.queueWait = cfg.QueueWait
+	}
+	s.tracker = heartbeat.NewTracker(heartbeat.TrackerConfig{Interval: cfg.HeartbeatInterval},
+		clock, s.workerLost)
+	if err := s.restore(context.Background()); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// restore reloads the workers that were alive when the queen last ran.
+// Each gets a long first deadline, so a queen restart never marks a
+// healthy fleet lost: workers keep heartbeating and are routable again at
+// their next beat.
+func (s *Server) restore(ctx context.Context) error {
+	workers, err := s.store.Workers(ctx, false)
+	if err != nil {
+		return fmt.Errorf("load workers: %w", err)
+	}
+	for _, w := range workers {
+		if w.State == api.WorkerFailed {
+			continue
+		}
+		s.router.update(w.ID, w.Model, w.URL, w.Token, w.State, w.Slots)
+		s.tracker.Arm(w.ID)
+	}
+	if len(workers) > 0 {
+		s.log.Info("restored workers", "count", len(workers))
+	}
+	return nil
+}
+
+// Close releases the registry and stops the deadline timers.
+func (s *Server) Close() error {
+	s.tracker.Stop()
+	return s.store.Close()
+}
+
+// Serve listens on ln until ctx ends or /v1/shutdown is called, then
+// drains open requests for a bounded time.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.shutdown = cancel
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("queen listening", "addr", ln.Addr().String(), "version", version.Version,
+		"pid", os.Getpid())
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("queen stopping")
+	drainCtx, drainCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer drainCancel()
+	err := srv.Shutdown(drainCtx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("drain timed out, closing open streams")
+		return srv.Close()
+	}
+	return err
+}

@@ -1,0 +1,200 @@
+package queen
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/httpapi"
+)
+
+// Routing limits. A request that finds every slot of its model busy waits
+// in a bounded queue for a bounded time; it never hangs.
+const (
+	defaultQueueLimit = 64
+	defaultQueueWait  = 30 * time.Second
+)
+
+// route is what the router knows of one worker.
+type route struct {
+	id         string
+	model      string
+	url        string
+	token      string
+	state      api.WorkerState
+	slotsTotal int
+	busy       int // slots claimed by requests in flight through this queen
+}
+
+// router picks a worker with a free slot for each request, and keeps
+// track of claimed slots so that two requests never race for the same one.
+type router struct {
+	mu      sync.Mutex
+	routes  map[string]*route
+	waiting map[string]int // per model, requests in the queue
+	changed chan struct{}  // closed and replaced whenever a slot frees or a worker turns ready
+
+	queueLimit int
+	queueWait  time.Duration
+}
+
+func newRouter() *router {
+	return &router{routes: map[string]*route{}, waiting: map[string]int{},
+		changed: make(chan struct{}), queueLimit: defaultQueueLimit, queueWait: defaultQueueWait}
+}
+
+// update records a worker's latest state.
+func (r *router) update(id, model, url, token string, state api.WorkerState, slots int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt, ok := r.routes[id]
+	if !ok {
+		rt = &route{id: id}
+		r.routes[id] = rt
+	}
+	rt.model, rt.token, rt.state, rt.slotsTotal = model, token, state, slots
+	if url != "" {
+		rt.url = url
+	}
+	r.broadcast()
+}
+
+// setState changes only a known worker's state.
+func (r *router) setState(id string, state api.WorkerState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rt, ok := r.routes[id]; ok {
+		rt.state = state
+		r.broadcast()
+	}
+}
+
+func (r *router) remove(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.routes, id)
+	r.broadcast()
+}
+
+// busy is how many slots of worker id are claimed.
+func (r *router) busy(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rt, ok := r.routes[id]; ok {
+		return rt.busy
+	}
+	return 0
+}
+
+// broadcast wakes every waiter to look again (a slot freed, a worker
+// changed state); callers hold mu.
+func (r *router) broadcast() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// lease is a claimed slot on one worker; release gives it back.
+type lease struct {
+	workerID string
+	url      string
+	token    string
+	release  func()
+}
+
+// acquire claims a slot of a ready worker serving model, waiting in the
+// model's queue when all are busy.
+func (r *router) acquire(ctx context.Context, model string) (*lease, error) {
+	deadline := time.NewTimer(r.queueWait)
+	defer deadline.Stop()
+	queued := false
+	defer func() {
+		if queued {
+			r.mu.Lock()
+			r.waiting[model]--
+			r.mu.Unlock()
+		}
+	}()
+	for {
+		r.mu.Lock()
+		l, err := r.tryClaim(model)
+		if l != nil || err != nil {
+			r.mu.Unlock()
+			return l, err
+		}
+		if !queued {
+			if r.waiting[model] >= r.queueLimit {
+				r.mu.Unlock()
+				return nil, &httpapi.Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error",
+					Code: "queue_full", RetryAfter: time.Second, Message: fmt.Sprintf(
+						"every slot of model %q is busy and %d requests already wait; retry later",
+						model, r.queueLimit)}
+			}
+			r.waiting[model]++
+			queued = true
+		}
+		changed := r.changed
+		r.mu.Unlock()
+
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-deadline.C:
+			return nil, &httpapi.Error{Status: http.StatusGatewayTimeout, Type: "server_error",
+				Code: "queue_timeout", RetryAfter: time.Second, Message: fmt.Sprintf(
+					"no slot of model %q freed up within %s", model, r.queueWait)}
+		}
+	}
+}
+
+// tryClaim claims the least busy ready worker's slot, or says why none can
+// ever serve model. (nil, nil) means: all busy, wait. Callers hold mu.
+func (r *router) tryClaim(model string) (*lease, error) {
+	var candidates []*route
+	var states []string
+	for _, rt := range r.routes {
+		if rt.model != model {
+			continue
+		}
+		states = append(states, fmt.Sprintf("%s is %s", rt.id, rt.state))
+		if rt.state == api.WorkerReady {
+			candidates = append(candidates, rt)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, noWorkerError(model, states)
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		if candidates[i].busy != candidates[j].busy {
+			return candidates[i].busy < candidates[j].busy
+		}
+		return candidates[i].id < candidates[j].id
+	})
+	best := candidates[0]
+	if best.busy >= best.slotsTotal {
+		return nil, nil
+	}
+	best.busy++
+	var once sync.Once
+	return &lease{workerID: best.id, url: best.url, token: best.token, release: func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			best.busy--
+			r.broadcast()
+		})
+	}}, nil
+}
+
+func noWorkerError(model string, states []string) error {
+	if len(states) == 0 {
+		return httpapi.NotFound("model_not_found",
+			"no worker serves model %q: start one with `rbee worker spawn -m %s`", model, model)
+	}
+	sort.Strings(states)
+	return httpapi.Unavailable(2*time.Second, "no ready worker for model %q (%v)", model, states)
+}

@@ -1,0 +1,70 @@
+package queen
+
+import (
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/httpapi"
+	"github.com/rbee-dev/rbee/internal/version"
+)
+
+// routes is the queen's whole HTTP surface (see docs/contracts.md).
+func (s *Server) routes() http.Handler {
+	r := chi.NewRouter()
+	h := func(f httpapi.HandlerFunc) http.HandlerFunc { return httpapi.Handle(s.log, f) }
+
+	r.Get("/health", h(s.handleHealth))
+	r.Route("/v1", func(r chi.Router) {
+		r.Get("/status", h(s.handleStatus))
+		r.Post("/shutdown", h(s.handleShutdown))
+		r.Post("/heartbeat", h(s.handleHeartbeat))
+
+		r.Get("/workers", h(s.handleListWorkers))
+		r.Post("/workers", h(s.handleSpawnWorker))
+		r.Get("/workers/{id}", h(s.handleGetWorker))
+		r.Delete("/workers/{id}", h(s.handleStopWorker))
+
+		r.Get("/models", h(s.handleModels))
+		r.Post("/completions", h(s.handleCompletions))
+	})
+	r.NotFound(h(func(http.ResponseWriter, *http.Request) error {
+		return httpapi.NotFound("not_found", "no such route; see docs/contracts.md")
+	}))
+	r.MethodNotAllowed(h(func(w http.ResponseWriter, r *http.Request) error {
+		return &httpapi.Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error",
+			Message: "method " + r.Method + " is not allowed on " + r.URL.Path}
+	}))
+	return r
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) error {
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": version.Version})
+	return nil
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	workers, err := s.store.Workers(r.Context(), false)
+	if err != nil {
+		return err
+	}
+	st := api.QueenStatus{Version: version.Version, ProtocolVersion: api.ProtocolVersion,
+		Addr: s.cfg.Addr, PID: os.Getpid(), StartedAt: s.startedAt, Workers: len(workers)}
+	for _, wk := range workers {
+		if wk.State == api.WorkerReady {
+			st.ReadyWorkers++
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
+	httpapi.WriteJSON(w, http.StatusAccepted, map[string]string{"status": "shutting_down"})
+	// Let the reply leave before the listener closes.
+	time.AfterFunc(50*time.Millisecond, s.shutdown)
+	return nil
+}
