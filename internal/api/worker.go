@@ -40,5 +40,8 @@ type WorkerHealth struct {
 	Model      string      `json:"model"`
 	SlotsTotal int         `json:"slots_total"`
 	SlotsBusy  int         `json:"slots_busy"`
-	Error      string      `json:"error,omitempty"`
+	// Requests that ended, well or not (cancelled by the client, failed).
+	RequestsServed int64  `json:"requests_served"`
+	RequestsFailed int64  `json:"requests_failed"`
+	Error          string `json:"error,omitempty"`
 }

@@ -58,9 +58,14 @@ func (s *SSEWriter) Raw(data []byte) error {
 // Done ends the stream the way OpenAI does.
 func (s *SSEWriter) Done() error { return s.Raw([]byte("[DONE]")) }
 
-// SSEReader reads the `data:` payloads of an event stream.
+// SSEReader reads the `data:` payloads of an event stream, following the
+// SSE rules rbee's peers rely on: an event ends at a blank line, several
+// data lines of one event are joined with newlines, other fields (event,
+// id, comments) are skipped, and an event cut off by the end of the body
+// is dropped.
 type SSEReader struct {
 	scanner *bufio.Scanner
+	data    []byte
 }
 
 // NewSSEReader reads events from r.
@@ -70,20 +75,31 @@ func NewSSEReader(r io.Reader) *SSEReader {
 	return &SSEReader{scanner: scanner}
 }
 
-// Next returns the next data payload. done is true at `[DONE]`; io.EOF
-// means the stream ended without it.
+// Next returns the next event's data, valid until the next call. done is
+// true at `[DONE]`; io.EOF means the stream ended without it.
 func (s *SSEReader) Next() (data []byte, done bool, err error) {
+	s.data = s.data[:0]
+	hasData := false
 	for s.scanner.Scan() {
-		line := s.scanner.Bytes()
+		line := bytes.TrimSuffix(s.scanner.Bytes(), []byte("\r"))
+		if len(line) == 0 {
+			if !hasData {
+				continue
+			}
+			if bytes.Equal(s.data, []byte("[DONE]")) {
+				return nil, true, nil
+			}
+			return s.data, false, nil
+		}
 		payload, ok := bytes.CutPrefix(line, []byte("data:"))
 		if !ok {
-			continue // blank separators, comments, other fields
+			continue
 		}
-		payload = bytes.TrimSpace(payload)
-		if bytes.Equal(payload, []byte("[DONE]")) {
-			return nil, true, nil
+		if hasData {
+			s.data = append(s.data, '\n')
 		}
-		return payload, false, nil
+		s.data = append(s.data, bytes.TrimPrefix(payload, []byte(" "))...)
+		hasData = true
 	}
 	if err := s.scanner.Err(); err != nil {
 		return nil, false, fmt.Errorf("read event stream: %w", err)

@@ -1,7 +1,6 @@
 package keeper
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,49 +12,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/api/openai"
+	"github.com/rbee-dev/rbee/internal/httpapi"
 )
 
 // maxPromptBytes bounds a prompt read from stdin.
 const maxPromptBytes = 16 << 20
-
-// The OpenAI completion shapes of the queen's POST /v1/completions, as far
-// as the keeper uses them (docs/contracts.md).
-type completionRequest struct {
-	Model         string         `json:"model"`
-	Prompt        string         `json:"prompt"`
-	MaxTokens     int            `json:"max_tokens"`
-	Temperature   *float64       `json:"temperature,omitempty"`
-	TopP          *float64       `json:"top_p,omitempty"`
-	TopK          *int           `json:"top_k,omitempty"`
-	Seed          *uint32        `json:"seed,omitempty"`
-	Stop          []string       `json:"stop,omitempty"`
-	Stream        bool           `json:"stream"`
-	StreamOptions *streamOptions `json:"stream_options,omitempty"`
-}
-
-type streamOptions struct {
-	IncludeUsage bool `json:"include_usage"`
-}
-
-// completion is a whole answer, or one chunk of a streamed one.
-type completion struct {
-	Choices []completionChoice `json:"choices"`
-	Usage   *completionUsage   `json:"usage,omitempty"`
-	Error   *api.ErrorDetail   `json:"error,omitempty"`
-}
-
-type completionChoice struct {
-	Index        int    `json:"index"`
-	Text         string `json:"text"`
-	FinishReason string `json:"finish_reason"`
-}
-
-type completionUsage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
-}
 
 type inferOptions struct {
 	root *rootOptions
@@ -125,16 +87,19 @@ func (o *inferOptions) validate() error {
 }
 
 // request builds the completion request, with only the given flags set.
-func (o *inferOptions) request(prompt string) completionRequest {
-	req := completionRequest{
+func (o *inferOptions) request(prompt string) openai.CompletionRequest {
+	promptJSON, _ := json.Marshal(prompt)
+	req := openai.CompletionRequest{
 		Model:     o.Model,
-		Prompt:    prompt,
-		MaxTokens: o.MaxTokens,
-		Stop:      o.Stop,
+		Prompt:    promptJSON,
+		MaxTokens: &o.MaxTokens,
 		Stream:    !o.NoStream,
 	}
+	if len(o.Stop) > 0 {
+		req.Stop, _ = json.Marshal(o.Stop)
+	}
 	if req.Stream {
-		req.StreamOptions = &streamOptions{IncludeUsage: true}
+		req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
 	}
 	if o.HasTemperature {
 		req.Temperature = &o.Temperature
@@ -146,7 +111,8 @@ func (o *inferOptions) request(prompt string) completionRequest {
 		req.TopK = &o.TopK
 	}
 	if o.HasSeed {
-		req.Seed = &o.Seed
+		seed := int64(o.Seed)
+		req.Seed = &seed
 	}
 	return req
 }
@@ -164,7 +130,7 @@ func runInfer(ctx context.Context, opts *inferOptions) error {
 	start := time.Now()
 
 	if opts.NoStream {
-		var answer completion
+		var answer openai.Completion
 		if err := c.do(ctx, http.MethodPost, "/v1/completions", req, &answer); err != nil {
 			return err
 		}
@@ -175,7 +141,7 @@ func runInfer(ctx context.Context, opts *inferOptions) error {
 		if _, err := io.WriteString(opts.root.Stdout, choice.Text+"\n"); err != nil {
 			return err
 		}
-		printStats(opts.root.Stderr, streamResult{usage: answer.Usage, finish: choice.FinishReason},
+		printStats(opts.root.Stderr, streamResult{usage: answer.Usage, finish: deref(choice.FinishReason)},
 			time.Since(start))
 		return nil
 	}
@@ -248,7 +214,7 @@ func readAll(ctx context.Context, r io.Reader) (string, error) {
 
 // streamResult is what the end of a stream tells about it.
 type streamResult struct {
-	usage  *completionUsage
+	usage  *openai.Usage
 	finish string
 }
 
@@ -257,38 +223,22 @@ type streamResult struct {
 // An error event ends it with that error.
 func readStream(r io.Reader, out io.Writer) (streamResult, error) {
 	var res streamResult
-	br := bufio.NewReader(r)
-	var data []string // the data lines of the event being read
-
+	events := httpapi.NewSSEReader(r)
 	for {
-		line, readErr := br.ReadString('\n')
-		line = strings.TrimRight(line, "\r\n")
-
-		if strings.HasPrefix(line, "data:") {
-			data = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
-		}
-		// Other lines (comments, event names, ids) carry nothing for us. A
-		// blank line ends an event; one cut off by the end of the body is
-		// dropped, as the SSE spec says.
-		if line == "" && readErr == nil && len(data) > 0 {
-			payload := strings.Join(data, "\n")
-			data = data[:0]
-			if payload == "[DONE]" {
-				return res, nil
-			}
-			if err := handleEvent(payload, out, &res); err != nil {
-				return res, err
-			}
-		}
-
-		if readErr == io.EOF {
+		payload, done, err := events.Next()
+		switch {
+		case done:
+			return res, nil
+		case errors.Is(err, io.EOF):
 			if res.finish != "" {
 				return res, nil // all text came; only [DONE] is missing
 			}
 			return res, errors.New("the answer stream ended early: the queen or the worker went away")
+		case err != nil:
+			return res, fmt.Errorf("reading the answer stream: %w", err)
 		}
-		if readErr != nil {
-			return res, fmt.Errorf("reading the answer stream: %w", readErr)
+		if err := handleEvent(string(payload), out, &res); err != nil {
+			return res, err
 		}
 	}
 }
@@ -296,7 +246,7 @@ func readStream(r io.Reader, out io.Writer) (streamResult, error) {
 // handleEvent applies one event's JSON payload: text goes to out, usage and
 // finish reason into res, an error event becomes the returned error.
 func handleEvent(payload string, out io.Writer, res *streamResult) error {
-	var chunk completion
+	var chunk openai.Completion
 	if err := json.Unmarshal([]byte(payload), &chunk); err != nil {
 		return fmt.Errorf("reading the answer stream: bad event %q: %w", truncate(payload, 80), err)
 	}
@@ -310,8 +260,8 @@ func handleEvent(payload string, out io.Writer, res *streamResult) error {
 		return nil
 	}
 	choice := chunk.Choices[0]
-	if choice.FinishReason != "" {
-		res.finish = choice.FinishReason
+	if choice.FinishReason != nil && *choice.FinishReason != "" {
+		res.finish = *choice.FinishReason
 	}
 	if choice.Text == "" {
 		return nil
@@ -338,4 +288,11 @@ func printStats(w io.Writer, res streamResult, wall time.Duration) {
 	}
 	fmt.Fprintf(w, "%d prompt + %d completion tokens, %.1f tok/s, finish: %s\n",
 		res.usage.PromptTokens, res.usage.CompletionTokens, rate, finish)
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

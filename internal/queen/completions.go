@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/api/openai"
 	"github.com/rbee-dev/rbee/internal/httpapi"
 )
 
@@ -20,36 +21,15 @@ import (
 // default (16) cuts most answers short.
 const defaultMaxTokens = 256
 
-// completionRequest is OpenAI's /v1/completions body, as far as rbee
-// supports it. top_k is an extension that llama.cpp servers also accept.
-type completionRequest struct {
-	Model         string          `json:"model"`
-	Prompt        json.RawMessage `json:"prompt"`
-	MaxTokens     *int            `json:"max_tokens"`
-	Temperature   *float32        `json:"temperature"`
-	TopP          *float32        `json:"top_p"`
-	TopK          *int            `json:"top_k"`
-	Seed          *int64          `json:"seed"`
-	Stop          json.RawMessage `json:"stop"`
-	N             *int            `json:"n"`
-	Stream        bool            `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-}
-
-// toWorker validates the request and turns it into the worker's shape.
-func (c completionRequest) toWorker() (api.CompletionRequest, error) {
-	out := api.CompletionRequest{MaxTokens: defaultMaxTokens, Temperature: c.Temperature,
-		TopP: c.TopP, TopK: c.TopK, Stream: true}
+// toWorkerRequest validates an OpenAI request, naming the field at fault,
+// and turns it into the worker's shape.
+func toWorkerRequest(c openai.CompletionRequest) (api.CompletionRequest, error) {
+	out := api.CompletionRequest{MaxTokens: defaultMaxTokens, TopK: c.TopK, Stream: true}
 	if c.Model == "" {
 		return out, httpapi.BadRequest("model", "model is required: see GET /v1/models")
 	}
-	prompt, err := stringOrList("prompt", c.Prompt)
-	if err != nil {
-		return out, err
-	}
-	if len(prompt) != 1 || prompt[0] == "" {
+	prompt, ok := openai.StringOrList(c.Prompt)
+	if !ok || len(prompt) != 1 || prompt[0] == "" {
 		return out, httpapi.BadRequest("prompt", "prompt must be one non-empty string")
 	}
 	out.Prompt = prompt[0]
@@ -69,57 +49,28 @@ func (c completionRequest) toWorker() (api.CompletionRequest, error) {
 		seed := uint32(*c.Seed)
 		out.Seed = &seed
 	}
-	if out.Stop, err = stringOrList("stop", c.Stop); err != nil {
-		return out, err
+	out.Temperature = toFloat32(c.Temperature)
+	out.TopP = toFloat32(c.TopP)
+	if out.Stop, ok = openai.StringOrList(c.Stop); !ok {
+		return out, httpapi.BadRequest("stop", "stop must be a string or a list of strings")
 	}
 	return out, nil
 }
 
-// stringOrList reads a field that OpenAI allows as a string or a list of
-// strings.
-func stringOrList(field string, raw json.RawMessage) ([]string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
+func toFloat32(f *float64) *float32 {
+	if f == nil {
+		return nil
 	}
-	var one string
-	if err := json.Unmarshal(raw, &one); err == nil {
-		return []string{one}, nil
-	}
-	var list []string
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, httpapi.BadRequest(field, "%s must be a string or a list of strings", field)
-	}
-	return list, nil
+	v := float32(*f)
+	return &v
 }
 
-// OpenAI's response shapes for text completions.
-type (
-	completionChoice struct {
-		Index        int     `json:"index"`
-		Text         string  `json:"text"`
-		FinishReason *string `json:"finish_reason"`
-	}
-	usage struct {
-		PromptTokens     int `json:"prompt_tokens"`
-		CompletionTokens int `json:"completion_tokens"`
-		TotalTokens      int `json:"total_tokens"`
-	}
-	completion struct {
-		ID      string             `json:"id"`
-		Object  string             `json:"object"`
-		Created int64              `json:"created"`
-		Model   string             `json:"model"`
-		Choices []completionChoice `json:"choices"`
-		Usage   *usage             `json:"usage,omitempty"`
-	}
-)
-
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) error {
-	var req completionRequest
+	var req openai.CompletionRequest
 	if err := httpapi.DecodeJSON(r, &req); err != nil {
 		return err
 	}
-	workerReq, err := req.toWorker()
+	workerReq, err := toWorkerRequest(req)
 	if err != nil {
 		return err
 	}
@@ -134,7 +85,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	defer resp.Body.Close()
-	out := &completion{ID: "cmpl-" + randomHex(12), Object: "text_completion",
+	out := &openai.Completion{ID: "cmpl-" + randomHex(12), Object: "text_completion",
 		Created: time.Now().Unix(), Model: req.Model}
 	events := httpapi.NewSSEReader(resp.Body)
 	if req.Stream {
@@ -182,7 +133,7 @@ func workerError(id string, resp *http.Response) error {
 }
 
 // relayStream turns the worker's events into OpenAI chunks as they come.
-func (s *Server) relayStream(w http.ResponseWriter, events *httpapi.SSEReader, out *completion, includeUsage bool) error {
+func (s *Server) relayStream(w http.ResponseWriter, events *httpapi.SSEReader, out *openai.Completion, includeUsage bool) error {
 	sse := httpapi.NewSSEWriter(w)
 	for {
 		ev, err := nextEvent(events)
@@ -194,12 +145,12 @@ func (s *Server) relayStream(w http.ResponseWriter, events *httpapi.SSEReader, o
 			return endStreamWithError(sse, httpapi.Upstream(errors.New(ev.Error), "generation failed: %s", ev.Error))
 		case ev.Done:
 			reason := ev.FinishReason
-			out.Choices = []completionChoice{{Text: ev.Text, FinishReason: &reason}}
+			out.Choices = []openai.CompletionChoice{{Text: ev.Text, FinishReason: &reason}}
 			if err := sse.Event(out); err != nil {
 				return nil
 			}
 			if includeUsage {
-				out.Choices = []completionChoice{}
+				out.Choices = []openai.CompletionChoice{}
 				out.Usage = usageOf(ev)
 				if err := sse.Event(out); err != nil {
 					return nil
@@ -207,7 +158,7 @@ func (s *Server) relayStream(w http.ResponseWriter, events *httpapi.SSEReader, o
 			}
 			return sse.Done()
 		default:
-			out.Choices = []completionChoice{{Text: ev.Text}}
+			out.Choices = []openai.CompletionChoice{{Text: ev.Text}}
 			if err := sse.Event(out); err != nil {
 				return nil // the client left; its request context stops the worker
 			}
@@ -226,7 +177,7 @@ func endStreamWithError(sse *httpapi.SSEWriter, err error) error {
 }
 
 // collect gathers the whole answer for a non-streaming request.
-func collect(w http.ResponseWriter, events *httpapi.SSEReader, out *completion) error {
+func collect(w http.ResponseWriter, events *httpapi.SSEReader, out *openai.Completion) error {
 	var text strings.Builder
 	for {
 		ev, err := nextEvent(events)
@@ -239,7 +190,7 @@ func collect(w http.ResponseWriter, events *httpapi.SSEReader, out *completion) 
 		text.WriteString(ev.Text)
 		if ev.Done {
 			reason := ev.FinishReason
-			out.Choices = []completionChoice{{Text: text.String(), FinishReason: &reason}}
+			out.Choices = []openai.CompletionChoice{{Text: text.String(), FinishReason: &reason}}
 			out.Usage = usageOf(ev)
 			httpapi.WriteJSON(w, http.StatusOK, out)
 			return nil
@@ -263,18 +214,9 @@ func nextEvent(events *httpapi.SSEReader) (api.CompletionEvent, error) {
 	return ev, nil
 }
 
-func usageOf(ev api.CompletionEvent) *usage {
-	return &usage{PromptTokens: ev.PromptTokens, CompletionTokens: ev.CompletionTokens,
+func usageOf(ev api.CompletionEvent) *openai.Usage {
+	return &openai.Usage{PromptTokens: ev.PromptTokens, CompletionTokens: ev.CompletionTokens,
 		TotalTokens: ev.PromptTokens + ev.CompletionTokens}
-}
-
-// modelEntry is one entry of OpenAI's model list, plus rbee's replica count.
-type modelEntry struct {
-	ID       string `json:"id"`
-	Object   string `json:"object"`
-	Created  int64  `json:"created"`
-	OwnedBy  string `json:"owned_by"`
-	Replicas int    `json:"replicas"`
 }
 
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) error {
@@ -282,23 +224,23 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	byModel := map[string]*modelEntry{}
+	byModel := map[string]*openai.Model{}
 	for _, wk := range workers {
 		if wk.State != api.WorkerReady {
 			continue
 		}
 		e, ok := byModel[wk.Model]
 		if !ok {
-			e = &modelEntry{ID: wk.Model, Object: "model", Created: wk.CreatedAt.Unix(), OwnedBy: "rbee"}
+			e = &openai.Model{ID: wk.Model, Object: "model", Created: wk.CreatedAt.Unix(), OwnedBy: "rbee"}
 			byModel[wk.Model] = e
 		}
 		e.Replicas++
 	}
-	list := make([]modelEntry, 0, len(byModel))
+	list := make([]openai.Model, 0, len(byModel))
 	for _, e := range byModel {
 		list = append(list, *e)
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"object": "list", "data": list})
+	httpapi.WriteJSON(w, http.StatusOK, openai.ModelList{Object: "list", Data: list})
 	return nil
 }

@@ -45,6 +45,7 @@ type Stats struct {
 	PromptTokens     int64
 	GeneratedTokens  int64
 	RequestsServed   int64
+	RequestsFailed   int64 // cancelled by the client, or failed
 	SlotsBusy        int
 	SlotsTotal       int
 	PromptBusyNanos  int64 // time spent in steps that processed prompt tokens
@@ -67,6 +68,7 @@ type Engine struct {
 	promptTokens    atomic.Int64
 	generatedTokens atomic.Int64
 	requestsServed  atomic.Int64
+	requestsFailed  atomic.Int64
 	promptNanos     atomic.Int64
 	generateNanos   atomic.Int64
 }
@@ -95,6 +97,7 @@ func (e *Engine) Stats() Stats {
 		PromptTokens:     e.promptTokens.Load(),
 		GeneratedTokens:  e.generatedTokens.Load(),
 		RequestsServed:   e.requestsServed.Load(),
+		RequestsFailed:   e.requestsFailed.Load(),
 		SlotsBusy:        int(e.busy.Load()),
 		SlotsTotal:       e.cfg.Slots,
 		PromptBusyNanos:  e.promptNanos.Load(),

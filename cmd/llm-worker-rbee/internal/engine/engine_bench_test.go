@@ -2,13 +2,13 @@ package engine
 
 import (
 	"context"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/llm"
+	"github.com/rbee-dev/rbee/internal/procstat"
 )
 
 // benchPrompt is about 200 tokens of plain English.
@@ -82,27 +82,10 @@ func BenchmarkLoad(b *testing.B) {
 		}
 		m.Close()
 	}
-	b.ReportMetric(float64(rssBytes())/(1<<20), "rss_MiB")
+	b.ReportMetric(float64(procstat.ResidentBytes())/(1<<20), "rss_MiB")
 }
 
 func startModelPath(b *testing.B) string {
 	_, m := startEngine(b, 1, 64)
 	return m.Path
-}
-
-// rssBytes reads this process's resident set from /proc (0 elsewhere).
-func rssBytes() int64 {
-	data, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	fields := strings.Fields(string(data))
-	if len(fields) < 2 {
-		return 0
-	}
-	var pages int64
-	for _, c := range fields[1] {
-		pages = pages*10 + int64(c-'0')
-	}
-	return pages * int64(os.Getpagesize())
 }

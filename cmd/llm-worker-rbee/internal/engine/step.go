@@ -173,6 +173,8 @@ func (e *Engine) finish(s *slot, reason string, err error) {
 	e.busy.Add(-1)
 	if err == nil {
 		e.requestsServed.Add(1)
+	} else {
+		e.requestsFailed.Add(1)
 	}
 	e.free <- s.seq
 }

@@ -1,14 +1,12 @@
 package workerd
 
 import (
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine"
 	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/procstat"
 )
 
 // rateMeter turns running token totals into rates over the last interval.
@@ -45,7 +43,7 @@ func (w *worker) heartbeat() api.Heartbeat {
 		Model:           w.cfg.Name,
 		Device:          w.cfg.Device.String(),
 		SlotsTotal:      w.cfg.Slots,
-		RSSBytes:        residentBytes(),
+		RSSBytes:        procstat.ResidentBytes(),
 		Error:           errText,
 	}
 	if eng != nil {
@@ -55,22 +53,4 @@ func (w *worker) heartbeat() api.Heartbeat {
 		hb.PromptTokensPerSec, hb.GenTokensPerSec = w.rates.rates(stats)
 	}
 	return hb
-}
-
-// residentBytes is this process's resident set size, from /proc (0 where
-// there is no /proc).
-func residentBytes() int64 {
-	data, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	fields := strings.Fields(string(data))
-	if len(fields) < 2 {
-		return 0
-	}
-	pages, err := strconv.ParseInt(fields[1], 10, 64)
-	if err != nil {
-		return 0
-	}
-	return pages * int64(os.Getpagesize())
 }

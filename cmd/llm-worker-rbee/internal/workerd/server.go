@@ -66,7 +66,10 @@ func (w *worker) handleHealth(rw http.ResponseWriter, _ *http.Request) error {
 	health := api.WorkerHealth{Status: state, Model: w.cfg.Name, Error: errText,
 		SlotsTotal: w.cfg.Slots}
 	if eng != nil {
-		health.SlotsBusy = eng.Stats().SlotsBusy
+		stats := eng.Stats()
+		health.SlotsBusy = stats.SlotsBusy
+		health.RequestsServed = stats.RequestsServed
+		health.RequestsFailed = stats.RequestsFailed
 	}
 	httpapi.WriteJSON(rw, http.StatusOK, health)
 	return nil
