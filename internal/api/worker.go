@@ -2,15 +2,19 @@ package api
 
 // CompletionRequest is the body of the worker's POST /v1/completion.
 // Pointer fields distinguish "not set" (use the default) from zero.
+// Exactly one of Prompt and Messages is set: with Messages, the worker
+// renders them through the model's own chat template (from its GGUF), or a
+// plain fallback for models without one (see ChatFallbackTemplate).
 type CompletionRequest struct {
-	Prompt      string   `json:"prompt"`
-	MaxTokens   int      `json:"max_tokens"`
-	Temperature *float32 `json:"temperature,omitempty"`
-	TopP        *float32 `json:"top_p,omitempty"`
-	TopK        *int     `json:"top_k,omitempty"`
-	Seed        *uint32  `json:"seed,omitempty"`
-	Stop        []string `json:"stop,omitempty"`
-	Stream      bool     `json:"stream"`
+	Prompt      string        `json:"prompt,omitempty"`
+	Messages    []ChatMessage `json:"messages,omitempty"`
+	MaxTokens   int           `json:"max_tokens"`
+	Temperature *float32      `json:"temperature,omitempty"`
+	TopP        *float32      `json:"top_p,omitempty"`
+	TopK        *int          `json:"top_k,omitempty"`
+	Seed        *uint32       `json:"seed,omitempty"`
+	Stop        []string      `json:"stop,omitempty"`
+	Stream      bool          `json:"stream"`
 }
 
 // Finish reasons, as OpenAI names them.
@@ -44,4 +48,26 @@ type WorkerHealth struct {
 	RequestsServed int64  `json:"requests_served"`
 	RequestsFailed int64  `json:"requests_failed"`
 	Error          string `json:"error,omitempty"`
+}
+
+// ChatMessage is one turn of a chat.
+type ChatMessage struct {
+	Role    string `json:"role"` // system, user or assistant
+	Content string `json:"content"`
+}
+
+// ChatFallbackTemplate describes how a worker renders messages for a model
+// whose GGUF has no chat template: each message as "role: content" on its
+// own line, then "assistant:" for the model to continue.
+const ChatFallbackTemplate = "role: content lines, then \"assistant:\""
+
+// EmbeddingRequest is the body of the worker's POST /v1/embedding.
+type EmbeddingRequest struct {
+	Input []string `json:"input"`
+}
+
+// EmbeddingResponse holds one vector per input, in order.
+type EmbeddingResponse struct {
+	Embeddings   [][]float32 `json:"embeddings"`
+	PromptTokens int         `json:"prompt_tokens"`
 }
