@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,8 @@ var (
 	ErrInvalid       = errors.New("invalid request")
 	ErrPromptTooLong = errors.New("prompt does not fit the context")
 	ErrClosed        = errors.New("engine is shutting down")
+	// ErrNoEmbeddings means the model produced no embeddings to return.
+	ErrNoEmbeddings = errors.New("the model produces no embeddings")
 )
 
 // Config sizes the engine.
@@ -38,6 +41,9 @@ type Request struct {
 	MaxTokens int
 	Sampling  llm.SamplingParams
 	Stop      []string
+	// Special lets control-token markers in Prompt become control tokens:
+	// set for prompts rendered from a chat template, never for raw text.
+	Special bool
 }
 
 // Stats are running totals, read for heartbeats and metrics.
@@ -115,34 +121,86 @@ func (e *Engine) Submit(ctx context.Context, req Request) (*Stream, error) {
 	if req.Prompt == "" {
 		return nil, fmt.Errorf("%w: prompt is empty", ErrInvalid)
 	}
-	tokens, err := e.model.Tokenize(req.Prompt)
+	tokens, err := e.tokenize(req.Prompt, req.Special, e.cfg.CtxPerSlot-1)
 	if err != nil {
-		return nil, fmt.Errorf("%w: tokenize prompt: %v", ErrInvalid, err)
-	}
-	if len(tokens) >= e.cfg.CtxPerSlot {
-		return nil, fmt.Errorf("%w: the prompt is %d tokens and a slot holds %d; "+
-			"shorten the prompt or start the worker with a larger --ctx-size",
-			ErrPromptTooLong, len(tokens), e.cfg.CtxPerSlot)
+		return nil, err
 	}
 	sampler, err := e.model.NewSampler(req.Sampling)
 	if err != nil {
 		return nil, err
 	}
-
-	var idx int
-	select {
-	case idx = <-e.free:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-e.done:
-		return nil, ErrClosed
-	}
 	j := &job{ctx: ctx, req: req, prompt: tokens, sampler: sampler,
-		stream: newStream(), filter: stopFilter{stops: req.Stop}, slotIndex: idx,
-		submitted: time.Now()}
+		stream: newStream(), filter: stopFilter{stops: req.Stop}}
+	if err := e.start(ctx, j); err != nil {
+		return nil, err
+	}
+	return j.stream, nil
+}
+
+// Embed returns the embedding of text: the model's pooled embedding when
+// it has a pooling type, else the mean of its last layer's token outputs.
+// The text must fit one batch. It also returns the number of tokens.
+func (e *Engine) Embed(ctx context.Context, text string) ([]float32, int, error) {
+	if text == "" {
+		return nil, 0, fmt.Errorf("%w: input is empty", ErrInvalid)
+	}
+	tokens, err := e.tokenize(text, false, min(e.cfg.CtxPerSlot, e.cfg.BatchSize))
+	if err != nil {
+		return nil, 0, err
+	}
+	j := &job{ctx: ctx, prompt: tokens, embed: true, stream: newStream()}
+	if err := e.start(ctx, j); err != nil {
+		return nil, 0, err
+	}
+	_, res, err := waitResult(ctx, j.stream)
+	if err != nil {
+		return nil, 0, err
+	}
+	return res.Embedding, len(tokens), res.Err
+}
+
+// tokenize checks that text makes at most limit tokens.
+func (e *Engine) tokenize(text string, special bool, limit int) ([]int, error) {
+	tokens, err := e.model.Tokenize(text, special)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tokenize: %v", ErrInvalid, err)
+	}
+	if len(tokens) > limit {
+		return nil, fmt.Errorf("%w: the input is %d tokens and at most %d fit in the context; "+
+			"shorten it or start the worker with a larger --ctx-size",
+			ErrPromptTooLong, len(tokens), limit)
+	}
+	return tokens, nil
+}
+
+// start waits for a free slot (or ctx) and hands j to the loop.
+func (e *Engine) start(ctx context.Context, j *job) error {
+	select {
+	case j.slotIndex = <-e.free:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-e.done:
+		return ErrClosed
+	}
+	j.ctx, j.submitted = ctx, time.Now()
 	e.busy.Add(1)
 	e.jobs <- j // never blocks: one buffer place per slot
-	return j.stream, nil
+	return nil
+}
+
+// waitResult reads a stream to its end.
+func waitResult(ctx context.Context, s *Stream) (string, *Result, error) {
+	var text strings.Builder
+	for {
+		piece, res, err := s.Next(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		text.WriteString(piece)
+		if res != nil {
+			return text.String(), res, nil
+		}
+	}
 }
 
 // Run is the decode loop. It returns when ctx ends, after failing every
@@ -193,6 +251,9 @@ func (e *Engine) admitWaiting() {
 func (e *Engine) admit(j *job) {
 	s := e.slots[j.slotIndex]
 	keep := commonPrefix(s.cached, j.prompt)
+	if j.embed {
+		keep = 0 // every token's output is needed
+	}
 	if keep >= len(j.prompt) {
 		keep = len(j.prompt) - 1 // decode at least one token to get logits
 	}

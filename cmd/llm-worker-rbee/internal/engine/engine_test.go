@@ -211,3 +211,28 @@ func TestSubmitWaitsForASlotUntilCtxEnds(t *testing.T) {
 	_, err = eng.Submit(ctx, greedy("Hello", 5))
 	assert.Assert(t, is.ErrorIs(err, context.DeadlineExceeded))
 }
+
+func TestEmbeddingUnchangedByConcurrentGeneration(t *testing.T) {
+	eng, _ := startEngine(t, 2, 512)
+	alone, tokens, err := eng.Embed(context.Background(), "Once upon a time")
+	assert.NilError(t, err)
+	assert.Assert(t, tokens > 1 && len(alone) > 0)
+
+	stream, err := eng.Submit(context.Background(), greedy("The little dog", 200))
+	assert.NilError(t, err)
+	during, _, err := eng.Embed(context.Background(), "Once upon a time")
+	assert.NilError(t, err)
+	for k := range alone {
+		assert.Assert(t, abs(alone[k]-during[k]) < 1e-3, "component %d: %g vs %g", k, alone[k], during[k])
+	}
+	_, res, err := waitResult(context.Background(), stream)
+	assert.NilError(t, err)
+	assert.NilError(t, res.Err)
+}
+
+func abs(x float32) float32 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}

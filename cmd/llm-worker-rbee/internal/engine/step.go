@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/llm"
@@ -17,7 +18,8 @@ type slot struct {
 	pending   []int // prompt tokens not yet decoded
 	last      int   // last sampled token, to decode at the next step
 	generated int
-	logitsAt  int // batch index of this slot's logits in the current step, or -1
+	logitsAt  int   // batch index of this slot's logits in the current step, or -1
+	embedAt   []int // batch indices of an embedding job's tokens in the current step
 }
 
 // job is one request while it runs.
@@ -30,6 +32,8 @@ type job struct {
 	filter       stopFilter
 	slotIndex    int
 	reusedTokens int
+	embed        bool // an embedding: decode the prompt, return a vector, no sampling
+	embedding    []float32
 
 	submitted  time.Time
 	firstToken time.Time
@@ -43,7 +47,7 @@ func (e *Engine) step() {
 
 	// Generating slots go first so a long prompt never delays their tokens.
 	for _, s := range e.slots {
-		s.logitsAt = -1
+		s.logitsAt, s.embedAt = -1, s.embedAt[:0]
 		if s.job == nil {
 			continue
 		}
@@ -56,8 +60,9 @@ func (e *Engine) step() {
 			budget--
 		}
 	}
+	budget = e.addEmbeddings(budget)
 	for _, s := range e.slots {
-		if s.job == nil || len(s.pending) == 0 || budget == 0 {
+		if s.job == nil || s.job.embed || len(s.pending) == 0 || budget == 0 {
 			continue
 		}
 		n := min(len(s.pending), budget)
@@ -90,6 +95,24 @@ func (e *Engine) step() {
 	}
 }
 
+// addEmbeddings puts each waiting embedding job whole into the batch (its
+// pooled output needs every token in one decode) and returns what is left
+// of the budget. A job that does not fit waits for a later step.
+func (e *Engine) addEmbeddings(budget int) int {
+	for _, s := range e.slots {
+		if s.job == nil || !s.job.embed || len(s.pending) == 0 || len(s.pending) > budget {
+			continue
+		}
+		for _, token := range s.pending {
+			s.embedAt = append(s.embedAt, e.add(s, token, true))
+		}
+		budget -= len(s.pending)
+		e.promptTokens.Add(int64(len(s.pending)))
+		s.pending = nil
+	}
+	return budget
+}
+
 // add puts one token of slot s into the batch at the slot's next position.
 func (e *Engine) add(s *slot, token int, wantLogits bool) int {
 	idx := e.model.BatchAdd(token, len(s.cached), s.seq, wantLogits)
@@ -112,11 +135,65 @@ func (e *Engine) failBatch(err error) {
 
 func (e *Engine) sampleAll() {
 	for _, s := range e.slots {
-		if s.job == nil || s.logitsAt < 0 {
-			continue
+		switch {
+		case s.job == nil:
+		case len(s.embedAt) > 0:
+			e.finishEmbedding(s)
+		case s.logitsAt >= 0:
+			e.sampleOne(s)
 		}
-		e.sampleOne(s)
 	}
+}
+
+// finishEmbedding reads slot s's embedding from the last decode.
+func (e *Engine) finishEmbedding(s *slot) {
+	vec := e.model.PooledEmbedding(s.seq)
+	if vec == nil {
+		vec = meanEmbedding(e.model, s.embedAt)
+	}
+	if vec == nil {
+		e.finish(s, "", ErrNoEmbeddings)
+		return
+	}
+	s.job.embedding = normalize(vec)
+	e.finish(s, api.FinishStop, nil)
+}
+
+// meanEmbedding averages the token outputs at batch indices idx.
+func meanEmbedding(m *llm.Model, idx []int) []float32 {
+	var sum []float32
+	for _, i := range idx {
+		v := m.TokenEmbedding(i)
+		if v == nil {
+			return nil
+		}
+		if sum == nil {
+			sum = make([]float32, len(v))
+		}
+		for k, x := range v {
+			sum[k] += x
+		}
+	}
+	for k := range sum {
+		sum[k] /= float32(len(idx))
+	}
+	return sum
+}
+
+// normalize scales v to unit length, as OpenAI's embeddings are.
+func normalize(v []float32) []float32 {
+	var norm float64
+	for _, x := range v {
+		norm += float64(x) * float64(x)
+	}
+	if norm == 0 {
+		return v
+	}
+	scale := float32(1 / math.Sqrt(norm))
+	for k := range v {
+		v[k] *= scale
+	}
+	return v
 }
 
 // sampleOne takes slot s's next token and decides whether it goes on.
@@ -160,6 +237,7 @@ func (e *Engine) finish(s *slot, reason string, err error) {
 		PromptTokens:     len(j.prompt),
 		CachedTokens:     j.reusedTokens,
 		CompletionTokens: s.generated,
+		Embedding:        j.embedding,
 		Err:              err,
 	}
 	if !j.firstToken.IsZero() {

@@ -15,6 +15,7 @@ type Result struct {
 	CompletionTokens int
 	PromptTime       time.Duration // submit to first sampled token
 	GenerationTime   time.Duration // first sampled token to the end
+	Embedding        []float32     // for embedding jobs
 	Err              error
 }
 

@@ -10,7 +10,16 @@
 package llm
 
 /*
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+// llama.cpp's chat template renderer (struct llama_chat_message has this
+// same layout), also linked in but not exposed by the ollama package.
+typedef struct rbee_chat_message { const char * role; const char * content; } rbee_chat_message;
+int32_t llama_chat_apply_template(const char * tmpl, const rbee_chat_message * chat,
+	size_t n_msg, bool add_ass, char * buf, int32_t length);
 
 // Prototypes of ggml's device registry, which the ollama package links in
 // but does not expose to Go. Declared here, resolved at link time.
@@ -28,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
 
 	"github.com/ollama/ollama/llama"
 )
@@ -153,12 +163,67 @@ func (m *Model) Close() {
 }
 
 // Tokenize turns text into tokens, adding the model's BOS token when the
-// model wants one.
-func (m *Model) Tokenize(text string) ([]int, error) {
+// model wants one. With special, markers such as <|im_start|> in the text
+// become their control tokens (for prompts rendered from a chat template);
+// without it, user text can never forge them.
+func (m *Model) Tokenize(text string, special bool) ([]int, error) {
 	if text == "" {
 		return nil, errors.New("empty text")
 	}
-	return m.model.Tokenize(text, true, false)
+	return m.model.Tokenize(text, true, special)
+}
+
+// TokenEmbedding is the last layer's output for the token at batch index
+// idx of the last Decode (nil when the context keeps no embeddings).
+func (m *Model) TokenEmbedding(idx int) []float32 { return m.ctx.GetEmbeddingsIth(idx) }
+
+// PooledEmbedding is sequence seq's pooled embedding, for models whose
+// GGUF sets a pooling type (embedding models); nil for the others.
+func (m *Model) PooledEmbedding(seq int) []float32 { return m.ctx.GetEmbeddingsSeq(seq) }
+
+// Message is one chat turn to render through a template.
+type Message struct {
+	Role    string
+	Content string
+}
+
+// ErrUnknownTemplate means llama.cpp does not recognise the chat template
+// (it matches known families rather than running Jinja).
+var ErrUnknownTemplate = errors.New("chat template not supported by llama.cpp")
+
+// ApplyChatTemplate renders messages with a chat template (the GGUF's
+// tokenizer.chat_template), ending with the cue for the assistant's turn.
+func ApplyChatTemplate(template string, messages []Message) (string, error) {
+	if template == "" {
+		return "", ErrUnknownTemplate
+	}
+	if len(messages) == 0 {
+		return "", errors.New("no messages to render")
+	}
+	ctmpl := C.CString(template)
+	defer C.free(unsafe.Pointer(ctmpl))
+	chat := (*C.rbee_chat_message)(C.malloc(C.size_t(len(messages)) * C.sizeof_rbee_chat_message))
+	defer C.free(unsafe.Pointer(chat))
+	entries := unsafe.Slice(chat, len(messages))
+	for i, msg := range messages {
+		entries[i].role = C.CString(msg.Role)
+		entries[i].content = C.CString(msg.Content)
+	}
+	defer func() {
+		for _, e := range entries {
+			C.free(unsafe.Pointer(e.role))
+			C.free(unsafe.Pointer(e.content))
+		}
+	}()
+
+	n := C.llama_chat_apply_template(ctmpl, chat, C.size_t(len(messages)), true, nil, 0)
+	if n < 0 {
+		return "", ErrUnknownTemplate
+	}
+	buf := (*C.char)(C.malloc(C.size_t(n) + 1))
+	defer C.free(unsafe.Pointer(buf))
+	C.llama_chat_apply_template(ctmpl, chat, C.size_t(len(messages)), true, buf, n+1)
+	return C.GoStringN(buf, n), nil
 }
 
 // TokenPiece is the text of one token.

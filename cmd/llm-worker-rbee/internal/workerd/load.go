@@ -22,6 +22,7 @@ const allLayers = 999
 type modelInfo struct {
 	Architecture string
 	TrainCtx     int
+	ChatTemplate string // tokenizer.chat_template; empty when the model has none
 }
 
 // inspectModel checks that path is a readable GGUF file and reads the
@@ -40,7 +41,11 @@ func inspectModel(path string) (modelInfo, error) {
 		return modelInfo{}, fmt.Errorf("model file %s is not a valid GGUF model: %w", path, err)
 	}
 	arch := f.Architecture()
-	return modelInfo{Architecture: arch.Architecture, TrainCtx: int(arch.MaximumContextLength)}, nil
+	info := modelInfo{Architecture: arch.Architecture, TrainCtx: int(arch.MaximumContextLength)}
+	if kv, ok := f.Header.MetadataKV.Get("tokenizer.chat_template"); ok {
+		info.ChatTemplate = kv.ValueString()
+	}
+	return info, nil
 }
 
 // loadOptions turns the config into llama.cpp's load settings, checking
@@ -89,11 +94,18 @@ func contextPerSlot(cfg Config, info modelInfo) int {
 	return 2048
 }
 
+// loaded is a model ready to serve.
+type loaded struct {
+	model  *llm.Model
+	engine *engine.Engine
+	info   modelInfo
+}
+
 // loadModel inspects, loads and wraps the model in an engine.
-func loadModel(cfg Config, log *slog.Logger) (*llm.Model, *engine.Engine, error) {
+func loadModel(cfg Config, log *slog.Logger) (loaded, error) {
 	info, err := inspectModel(cfg.ModelPath)
 	if err != nil {
-		return nil, nil, err
+		return loaded{}, err
 	}
 	ctxPerSlot := contextPerSlot(cfg, info)
 	var gpus []llm.DeviceInfo
@@ -102,16 +114,16 @@ func loadModel(cfg Config, log *slog.Logger) (*llm.Model, *engine.Engine, error)
 	}
 	opts, err := loadOptions(cfg, ctxPerSlot, gpus)
 	if err != nil {
-		return nil, nil, err
+		return loaded{}, err
 	}
 	log.Info("loading model", "path", cfg.ModelPath, "architecture", info.Architecture,
 		"ctx_per_slot", ctxPerSlot, "slots", cfg.Slots, "device", cfg.Device.String())
 	model, err := llm.Load(cfg.ModelPath, opts)
 	if err != nil {
-		return nil, nil, err
+		return loaded{}, err
 	}
 	eng := engine.New(model, engine.Config{
 		Slots: cfg.Slots, CtxPerSlot: ctxPerSlot, BatchSize: cfg.BatchSize,
 	}, log)
-	return model, eng, nil
+	return loaded{model: model, engine: eng, info: info}, nil
 }

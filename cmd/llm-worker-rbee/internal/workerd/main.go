@@ -79,7 +79,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	beats := w.startHeartbeats(ctx)
 	engineCtx, stopEngine := context.WithCancel(context.Background())
 	engineDone := make(chan struct{})
-	model, eng, err := loadModel(cfg, w.log)
+	m, err := loadModel(cfg, w.log)
 	if err != nil {
 		w.setState(api.WorkerFailed, err.Error())
 		beats.finish(w.heartbeat())
@@ -87,10 +87,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		stopEngine()
 		return err
 	}
-	defer model.Close()
-	go func() { defer close(engineDone); eng.Run(engineCtx) }()
+	defer m.model.Close()
+	go func() { defer close(engineDone); m.engine.Run(engineCtx) }()
 	w.mu.Lock()
-	w.engine = eng
+	w.engine, w.chatTemplate = m.engine, m.info.ChatTemplate
 	w.mu.Unlock()
 	w.setState(api.WorkerReady, "")
 	beats.kick()

@@ -31,9 +31,10 @@ type worker struct {
 	url string
 
 	mu     sync.Mutex
-	state  api.WorkerState
-	err    string
-	engine *engine.Engine
+	state        api.WorkerState
+	err          string
+	engine       *engine.Engine
+	chatTemplate string
 
 	inflight sync.WaitGroup
 	rates    rateMeter
@@ -55,6 +56,7 @@ func (w *worker) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", httpapi.Handle(w.log, w.handleHealth))
 	mux.HandleFunc("POST /v1/completion", httpapi.Handle(w.log, w.requireToken(w.handleCompletion)))
+	mux.HandleFunc("POST /v1/embedding", httpapi.Handle(w.log, w.requireToken(w.handleEmbedding)))
 	mux.HandleFunc("/", httpapi.Handle(w.log, func(http.ResponseWriter, *http.Request) error {
 		return httpapi.NotFound("not_found", "no such route; see docs/contracts.md")
 	}))
@@ -88,25 +90,43 @@ func (w *worker) requireToken(next httpapi.HandlerFunc) httpapi.HandlerFunc {
 	}
 }
 
-func (w *worker) handleCompletion(rw http.ResponseWriter, r *http.Request) error {
+// readyEngine is the engine when the worker takes requests, else the
+// error that says why not.
+func (w *worker) readyEngine() (*engine.Engine, error) {
 	state, errText, eng := w.snapshot()
 	switch state {
 	case api.WorkerReady:
+		return eng, nil
 	case api.WorkerLoading:
-		return httpapi.Unavailable(time.Second, "the model is still loading")
+		return nil, httpapi.Unavailable(time.Second, "the model is still loading")
 	case api.WorkerFailed:
-		return httpapi.Unavailable(0, "the worker failed: %s", errText)
-	default:
-		return httpapi.Unavailable(time.Second, "the worker is %s and takes no new requests", state)
+		return nil, httpapi.Unavailable(0, "the worker failed: %s", errText)
+	}
+	return nil, httpapi.Unavailable(time.Second, "the worker is %s and takes no new requests", state)
+}
+
+func (w *worker) handleCompletion(rw http.ResponseWriter, r *http.Request) error {
+	eng, err := w.readyEngine()
+	if err != nil {
+		return err
 	}
 	var req api.CompletionRequest
 	if err := httpapi.DecodeJSON(r, &req); err != nil {
 		return err
 	}
+	if len(req.Messages) > 0 {
+		if req.Prompt != "" {
+			return httpapi.BadRequest("messages", "send prompt or messages, not both")
+		}
+		if req.Prompt, req.Stop, err = w.renderChat(req.Messages, req.Stop); err != nil {
+			return err
+		}
+	}
 	engReq, err := toEngineRequest(req)
 	if err != nil {
 		return err
 	}
+	engReq.Special = len(req.Messages) > 0
 
 	w.inflight.Add(1)
 	defer w.inflight.Done()

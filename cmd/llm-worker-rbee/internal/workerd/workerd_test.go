@@ -27,24 +27,30 @@ const testToken = "secret-token"
 // startWorker serves a ready worker on the test model over httptest.
 func startWorker(t *testing.T, ctxSize int) *httptest.Server {
 	t.Helper()
-	m := testenv.FindModel(t)
-	cfg := Config{ID: "w-test", ModelPath: m.Path, Name: m.Name, Slots: 2, CtxSize: ctxSize,
+	tm := testenv.FindModel(t)
+	cfg := Config{ID: "w-test", ModelPath: tm.Path, Name: tm.Name, Slots: 2, CtxSize: ctxSize,
 		Threads: 1, BatchSize: 512, Token: testToken}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	model, eng, err := loadModel(cfg, log)
+	m, err := loadModel(cfg, log)
 	assert.NilError(t, err)
-	w := &worker{cfg: cfg, log: log, state: api.WorkerReady, engine: eng}
+	w := &worker{cfg: cfg, log: log, state: api.WorkerReady, engine: m.engine,
+		chatTemplate: m.info.ChatTemplate}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
+	go func() { defer close(done); m.engine.Run(ctx) }()
 	srv := httptest.NewServer(w.routes())
-	t.Cleanup(func() { srv.Close(); cancel(); <-done; model.Close() })
+	t.Cleanup(func() { srv.Close(); cancel(); <-done; m.model.Close() })
 	return srv
 }
 
 func post(t *testing.T, srv *httptest.Server, token, body string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/completion", strings.NewReader(body))
+	return postTo(t, srv, "/v1/completion", token, body)
+}
+
+func postTo(t *testing.T, srv *httptest.Server, path, token, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(body))
 	assert.NilError(t, err)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -226,4 +232,72 @@ func TestParseConfig(t *testing.T) {
 	t.Setenv(api.EnvWorkerToken, "")
 	_, err = parseConfig([]string{"--id", "w-1", "--model", "/m.gguf"}, io.Discard)
 	assert.ErrorContains(t, err, api.EnvWorkerToken)
+}
+
+func TestChatCompletion(t *testing.T) {
+	srv := startWorker(t, 256)
+	resp := post(t, srv, testToken, `{"messages":[{"role":"system","content":"You tell stories."},`+
+		`{"role":"user","content":"Tell me about a dog."}],"max_tokens":20,"temperature":0}`)
+	assert.Equal(t, resp.StatusCode, http.StatusOK)
+	var ev api.CompletionEvent
+	assert.NilError(t, json.NewDecoder(resp.Body).Decode(&ev))
+	assert.Assert(t, ev.Done)
+	// The rendered prompt (fallback: role lines) is longer than the texts.
+	assert.Assert(t, ev.PromptTokens > 10, "prompt tokens %d", ev.PromptTokens)
+	assert.Assert(t, !strings.Contains(ev.Text, "\nuser:"), "ran into the next turn: %q", ev.Text)
+}
+
+func TestChatRejectsBadMessages(t *testing.T) {
+	srv := startWorker(t, 256)
+	tests := []struct{ name, body string }{
+		{name: "unknown role", body: `{"messages":[{"role":"robot","content":"hi"}],"max_tokens":5}`},
+		{name: "prompt and messages", body: `{"prompt":"x","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := post(t, srv, testToken, tc.body)
+			assert.Equal(t, resp.StatusCode, http.StatusBadRequest)
+			var body api.ErrorBody
+			assert.NilError(t, json.NewDecoder(resp.Body).Decode(&body))
+			assert.Equal(t, body.Error.Param, "messages")
+		})
+	}
+}
+
+func TestFallbackChatRendering(t *testing.T) {
+	got := fallbackChat([]llm.Message{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "Hi"}})
+	assert.Equal(t, got, "system: Be brief.\nuser: Hi\nassistant:")
+}
+
+func TestChatTemplateFromLlamaCpp(t *testing.T) {
+	chatml := "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + " +
+		"message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+	got, err := llm.ApplyChatTemplate(chatml, []llm.Message{{Role: "user", Content: "Hi"}})
+	assert.NilError(t, err)
+	assert.Equal(t, got, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+	_, err = llm.ApplyChatTemplate("no template llama.cpp knows", []llm.Message{{Role: "user", Content: "Hi"}})
+	assert.Assert(t, errors.Is(err, llm.ErrUnknownTemplate))
+}
+
+func TestEmbedding(t *testing.T) {
+	srv := startWorker(t, 256)
+	resp := postTo(t, srv, "/v1/embedding", testToken, `{"input":["Once upon a time","A dog ran."]}`)
+	assert.Equal(t, resp.StatusCode, http.StatusOK)
+	var out api.EmbeddingResponse
+	assert.NilError(t, json.NewDecoder(resp.Body).Decode(&out))
+	assert.Equal(t, len(out.Embeddings), 2)
+	assert.Assert(t, out.PromptTokens > 4)
+	for _, vec := range out.Embeddings {
+		assert.Assert(t, len(vec) > 0)
+		var norm float64
+		for _, x := range vec {
+			norm += float64(x) * float64(x)
+		}
+		assert.Assert(t, norm > 0.99 && norm < 1.01, "not unit length: %g", norm)
+	}
+	assert.Assert(t, out.Embeddings[0][0] != out.Embeddings[1][0])
+
+	resp = postTo(t, srv, "/v1/embedding", testToken, `{"input":[]}`)
+	assert.Equal(t, resp.StatusCode, http.StatusBadRequest)
 }
