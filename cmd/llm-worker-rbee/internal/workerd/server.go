@@ -30,7 +30,7 @@ type worker struct {
 	log *slog.Logger
 	url string
 
-	mu     sync.Mutex
+	mu           sync.Mutex
 	state        api.WorkerState
 	err          string
 	engine       *engine.Engine
