@@ -4,7 +4,9 @@
 #                through cgo: minutes the first time, cached afterwards)
 #   make test    the whole suite: unit, fuzz (short) and end-to-end tests
 #   make demo    queen + local hive + a worker on a small model + a streamed answer
-#   make bench   benchmarks (worker tokens/s, spawn to first token)
+#   make bench   benchmarks (worker tokens/s, spawn to first token, queen latency)
+#   make cuda    llama.cpp's CUDA backend for the worker, on a GPU node
+#                (needs the CUDA toolkit and cmake; see scripts/build-cuda.sh)
 #   make clean
 
 GO       ?= go
@@ -23,7 +25,7 @@ CPU_FLAGS ?= -O3 -march=native
 export CGO_CFLAGS := $(CPU_FLAGS)
 export CGO_CXXFLAGS := $(CPU_FLAGS)
 
-.PHONY: all build keeper queen hive worker test test-unit test-worker fuzz demo bench clean
+.PHONY: all build keeper queen hive worker test test-deps test-unit test-worker fuzz demo bench cuda clean
 
 all: build
 
@@ -40,7 +42,11 @@ worker:
 
 # The root module holds keeper, queen, hive and the shared packages; the
 # worker is its own module (cgo), so it is tested by its module path.
-test: test-unit test-worker fuzz
+test: test-deps test-unit test-worker fuzz
+
+# The SSH tests run a real OpenSSH sshd; install it when it is missing.
+test-deps:
+	./scripts/install-test-deps.sh
 
 test-unit:
 	CGO_ENABLED=0 $(GO) vet ./...
@@ -56,9 +62,16 @@ fuzz:
 demo: build
 	./scripts/demo.sh
 
+# Large* runs a generated ~110M-parameter model (generated once, cached).
 bench: build
-	$(GO) test -run='^$$' -bench=. -benchtime=20x github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine/
+	$(GO) test -run='^$$' -bench='^Benchmark[^L]' -benchtime=20x github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine/
+	$(GO) test -run='^$$' -bench='^BenchmarkLarge' -benchtime=3x github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine/
 	$(GO) test -run='^$$' -bench=. -benchtime=5x ./e2e/
+	$(GO) test -run='^$$' -bench=QueenAddedLatency -benchtime=2000x ./internal/queen/
+	$(GO) test -run='^$$' -bench='^BenchmarkHive(Call|ColdRun)' -benchtime=200x ./e2e/
+
+cuda: worker
+	./scripts/build-cuda.sh
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) build

@@ -168,6 +168,9 @@ func TestBadInputGetsClearErrors(t *testing.T) {
 			{name: "missing model file", args: []string{"-m", filepath.Join(dir, "nope.gguf")}, want: "nope.gguf"},
 			{name: "zero slots", args: []string{"-m", c.model.Path, "--slots", "0"}, want: "slots"},
 			{name: "unknown hive", args: []string{"-m", c.model.Path, "--hive", "atlantis"}, want: "atlantis"},
+			// No CUDA backend on this machine: the worker says so at start,
+			// never falls back to the CPU in silence.
+			{name: "cuda without the backend", args: []string{"-m", c.model.Path, "--device", "cuda:0"}, want: "make cuda"},
 		}
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -105,6 +106,10 @@ type cluster struct {
 type clusterOptions struct {
 	heartbeatInterval time.Duration
 	queueWait         time.Duration
+	queueLimit        int
+	// advertise passes the queen's own URL as --advertise-url, so that
+	// workers on the sshtest hives (127.0.0.2, .3) reach it.
+	advertise bool
 }
 
 // newCluster starts queen-rbee directly (so tests pick its flags) with a
@@ -120,8 +125,11 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 		"HOME="+home,
 		"XDG_DATA_HOME="+filepath.Join(home, "data"),
 		"XDG_STATE_HOME="+filepath.Join(home, "state"),
+		"XDG_CONFIG_HOME="+filepath.Join(home, "config"),
 		"RBEE_QUEEN_URL="+c.url,
 		"RBEE_HIVE_STATE_DIR="+c.hiveDir,
+		// Several workers share this machine's cores in one test.
+		"RBEE_WORKER_THREADS=1",
 	)
 	args := []string{"--addr", addr, "--db", c.dbPath, "--verbose"}
 	if opts.heartbeatInterval > 0 {
@@ -129,6 +137,12 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 	}
 	if opts.queueWait > 0 {
 		args = append(args, "--queue-wait", opts.queueWait.String())
+	}
+	if opts.queueLimit > 0 {
+		args = append(args, "--queue-limit", strconv.Itoa(opts.queueLimit))
+	}
+	if opts.advertise {
+		args = append(args, "--advertise-url", c.url)
 	}
 	c.startQueen(args)
 	t.Cleanup(c.stop)
@@ -178,10 +192,17 @@ func (c *cluster) stop() {
 // rbee runs the keeper CLI and returns stdout, stderr and the exit code.
 func (c *cluster) rbee(args ...string) (string, string, int) {
 	c.t.Helper()
+	return c.rbeeEnv(nil, args...)
+}
+
+// rbeeEnv runs the keeper CLI with extra environment variables (KEY=VALUE),
+// which override the cluster's.
+func (c *cluster) rbeeEnv(extra []string, args ...string) (string, string, int) {
+	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "rbee"), args...)
-	cmd.Env = c.env
+	cmd.Env = append(append([]string(nil), c.env...), extra...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -198,6 +219,14 @@ func (c *cluster) rbee(args ...string) (string, string, int) {
 func (c *cluster) mustRbee(args ...string) string {
 	c.t.Helper()
 	out, errOut, code := c.rbee(args...)
+	assert.Equal(c.t, code, 0, "rbee %v failed:\n%s", args, errOut)
+	return out
+}
+
+// mustRbeeEnv is mustRbee with extra environment variables, as rbeeEnv.
+func (c *cluster) mustRbeeEnv(extra []string, args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.rbeeEnv(extra, args...)
 	assert.Equal(c.t, code, 0, "rbee %v failed:\n%s", args, errOut)
 	return out
 }

@@ -43,8 +43,29 @@ type Heartbeat struct {
 	GenTokensPerSec    float64 `json:"gen_tokens_per_sec"`
 	RequestsServed     int64   `json:"requests_served"`
 	RSSBytes           int64   `json:"rss_bytes"`
+	// VRAM is this worker's memory on each GPU it runs on (empty on CPU).
+	VRAM []DeviceMemory `json:"vram,omitempty"`
 	// Error explains a failed state (for example, a model that did not load).
 	Error string `json:"error,omitempty"`
+}
+
+// DeviceMemory is one GPU's memory as a worker sees it.
+type DeviceMemory struct {
+	Index      int    `json:"index"` // the N of cuda:N
+	Name       string `json:"name"`
+	UsedBytes  uint64 `json:"used_bytes"` // by this worker's process
+	FreeBytes  uint64 `json:"free_bytes"`
+	TotalBytes uint64 `json:"total_bytes"`
+}
+
+// WorkerStats are a worker's figures from its latest heartbeat. The queen
+// keeps them in memory only: they are live readings, not state.
+type WorkerStats struct {
+	PromptTokensPerSec float64        `json:"prompt_tokens_per_sec"`
+	GenTokensPerSec    float64        `json:"gen_tokens_per_sec"`
+	RequestsServed     int64          `json:"requests_served"`
+	RSSBytes           int64          `json:"rss_bytes"`
+	VRAM               []DeviceMemory `json:"vram,omitempty"`
 }
 
 // HeartbeatReply tells the worker when to beat next.
@@ -68,6 +89,8 @@ type Worker struct {
 	Error         string      `json:"error,omitempty"`
 	CreatedAt     time.Time   `json:"created_at"`
 	LastHeartbeat time.Time   `json:"last_heartbeat,omitzero"`
+	// Stats are the latest heartbeat's figures; absent until one arrives.
+	Stats *WorkerStats `json:"stats,omitempty"`
 }
 
 // WorkerList is the body of GET /v1/workers.

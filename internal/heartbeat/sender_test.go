@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/google/go-cmp/cmp"
 	"io"
 	"log/slog"
 	"net/http"
@@ -140,10 +141,10 @@ func TestSenderSendsTokenAndBody(t *testing.T) {
 
 	want := testBeat
 	want.ProtocolVersion = api.ProtocolVersion
-	assert.Equal(t, got, received{
+	assert.DeepEqual(t, got, received{
 		method: http.MethodPost, path: "/v1/heartbeat", auth: "Bearer tok-w1",
 		contentType: "application/json", hb: want,
-	})
+	}, cmp.AllowUnexported(received{}))
 }
 
 func TestSenderFollowsNextInterval(t *testing.T) {

@@ -21,13 +21,21 @@ const (
 )
 
 // safeID is what a worker id may look like: it names files in the state dir.
-var safeID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+var safeID = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// maxIDLen bounds a worker id (checked apart from safeID, see hostSyntax).
+const maxIDLen = 64
+
+// isSafeID reports whether id may name a worker's files.
+func isSafeID(id string) bool {
+	return len(id) <= maxIDLen && safeID.MatchString(id)
+}
 
 func checkID(id string) error {
 	if id == "" {
 		return usageErrorf("missing worker id")
 	}
-	if !safeID.MatchString(id) {
+	if !isSafeID(id) {
 		return usageErrorf("invalid worker id %q: use 1 to 64 of A-Z a-z 0-9 _ -", id)
 	}
 	return nil
@@ -153,7 +161,7 @@ func (s store) list() ([]api.HiveWorker, []error, error) {
 	var warnings []error
 	for _, e := range entries {
 		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !e.Type().IsRegular() || !safeID.MatchString(id) {
+		if !ok || !e.Type().IsRegular() || !isSafeID(id) {
 			continue // temp files start with a dot and fail safeID
 		}
 		w, err := s.read(id)

@@ -147,8 +147,9 @@ func DecodeJSON(r *http.Request, v any) error {
 			return BadRequest("", "request body is not valid JSON: %v", err)
 		}
 	}
-	if dec.More() {
-		return BadRequest("", "request body holds more than one JSON value")
+	// Token, unlike More, also sees a stray '}' or ']' after the value.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return BadRequest("", "request body has data after the JSON value")
 	}
 	return nil
 }

@@ -71,7 +71,9 @@ type SSEReader struct {
 // NewSSEReader reads events from r.
 func NewSSEReader(r io.Reader) *SSEReader {
 	scanner := bufio.NewScanner(r)
-	scanner.Buffer(make([]byte, 64<<10), MaxBodyBytes)
+	// Start small (a token event is a few dozen bytes): the queen makes one
+	// reader per request, and the buffer grows when an event needs it.
+	scanner.Buffer(make([]byte, 4<<10), MaxBodyBytes)
 	return &SSEReader{scanner: scanner}
 }
 
@@ -81,7 +83,7 @@ func (s *SSEReader) Next() (data []byte, done bool, err error) {
 	s.data = s.data[:0]
 	hasData := false
 	for s.scanner.Scan() {
-		line := bytes.TrimSuffix(s.scanner.Bytes(), []byte("\r"))
+		line := s.scanner.Bytes() // ScanLines already drops a trailing \r
 		if len(line) == 0 {
 			if !hasData {
 				continue

@@ -146,6 +146,8 @@ func newRootCmd(root *rootOptions) *cobra.Command {
 	cmd.AddCommand(
 		newQueenCmd(root),
 		newWorkerCmd(root),
+		newHiveCmd(root),
+		newKeyCmd(root),
 		newInferCmd(root),
 		newVersionCmd(root),
 	)

@@ -1,15 +1,9 @@
 package queen
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"math"
 	"net/http"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
@@ -21,40 +15,85 @@ import (
 // default (16) cuts most answers short.
 const defaultMaxTokens = 256
 
-// toWorkerRequest validates an OpenAI request, naming the field at fault,
-// and turns it into the worker's shape.
+// errModelRequired answers every inference request without a model.
+var errModelRequired = httpapi.BadRequest("model", "model is required: see GET /v1/models")
+
+// sampling is what the completion and chat endpoints share: how many
+// tokens, how to sample them, and where to stop.
+type sampling struct {
+	maxTokens      *int
+	maxTokensParam string // the field maxTokens came from
+	temperature    *float64
+	topP           *float64
+	topK           *int
+	seed           *int64
+	stop           json.RawMessage
+	n              *int
+}
+
+// workerRequest validates p, naming the field at fault, and returns the
+// worker's request with those settings, streaming (the queen collects a
+// whole answer itself).
+func (p sampling) workerRequest() (api.CompletionRequest, error) {
+	out := api.CompletionRequest{MaxTokens: defaultMaxTokens, TopK: p.topK, Stream: true}
+	if p.maxTokens != nil {
+		if *p.maxTokens <= 0 {
+			return out, httpapi.BadRequest(p.maxTokensParam, "%s must be at least 1, got %d",
+				p.maxTokensParam, *p.maxTokens)
+		}
+		out.MaxTokens = *p.maxTokens
+	}
+	if p.n != nil && *p.n != 1 {
+		return out, httpapi.BadRequest("n", "n must be 1: rbee returns one choice per request")
+	}
+	if t := p.temperature; t != nil && (*t < 0 || *t > 2) {
+		return out, httpapi.BadRequest("temperature",
+			"temperature must be between 0 and 2, got %g", *t)
+	}
+	if v := p.topP; v != nil && (*v <= 0 || *v > 1) {
+		return out, httpapi.BadRequest("top_p", "top_p must be above 0 and at most 1, got %g", *v)
+	}
+	if k := p.topK; k != nil && *k < 0 {
+		return out, httpapi.BadRequest("top_k", "top_k must be 0 (off) or more, got %d", *k)
+	}
+	if p.seed != nil {
+		if *p.seed < 0 || *p.seed >= math.MaxUint32 {
+			return out, httpapi.BadRequest("seed",
+				"seed must be between 0 and %d", uint32(math.MaxUint32-1))
+		}
+		seed := uint32(*p.seed)
+		out.Seed = &seed
+	}
+	out.Temperature = toFloat32(p.temperature)
+	out.TopP = toFloat32(p.topP)
+	var ok bool
+	if out.Stop, ok = openai.StringOrList(p.stop); !ok {
+		return out, httpapi.BadRequest("stop", "stop must be a string or a list of strings")
+	}
+	for _, s := range out.Stop {
+		if s == "" {
+			return out, httpapi.BadRequest("stop", "stop strings must not be empty")
+		}
+	}
+	return out, nil
+}
+
+// toWorkerRequest validates an OpenAI completions request, naming the
+// field at fault, and turns it into the worker's shape.
 func toWorkerRequest(c openai.CompletionRequest) (api.CompletionRequest, error) {
-	out := api.CompletionRequest{MaxTokens: defaultMaxTokens, TopK: c.TopK, Stream: true}
 	if c.Model == "" {
-		return out, httpapi.BadRequest("model", "model is required: see GET /v1/models")
+		return api.CompletionRequest{}, errModelRequired
 	}
 	prompt, ok := openai.StringOrList(c.Prompt)
 	if !ok || len(prompt) != 1 || prompt[0] == "" {
-		return out, httpapi.BadRequest("prompt", "prompt must be one non-empty string")
+		return api.CompletionRequest{}, httpapi.BadRequest("prompt",
+			"prompt must be one non-empty string")
 	}
+	out, err := sampling{maxTokens: c.MaxTokens, maxTokensParam: "max_tokens",
+		temperature: c.Temperature, topP: c.TopP, topK: c.TopK, seed: c.Seed, stop: c.Stop,
+		n: c.N}.workerRequest()
 	out.Prompt = prompt[0]
-	if c.MaxTokens != nil {
-		if *c.MaxTokens <= 0 {
-			return out, httpapi.BadRequest("max_tokens", "max_tokens must be at least 1, got %d", *c.MaxTokens)
-		}
-		out.MaxTokens = *c.MaxTokens
-	}
-	if c.N != nil && *c.N != 1 {
-		return out, httpapi.BadRequest("n", "n must be 1: rbee returns one choice per request")
-	}
-	if c.Seed != nil {
-		if *c.Seed < 0 || *c.Seed >= math.MaxUint32 {
-			return out, httpapi.BadRequest("seed", "seed must be between 0 and %d", uint32(math.MaxUint32-1))
-		}
-		seed := uint32(*c.Seed)
-		out.Seed = &seed
-	}
-	out.Temperature = toFloat32(c.Temperature)
-	out.TopP = toFloat32(c.TopP)
-	if out.Stop, ok = openai.StringOrList(c.Stop); !ok {
-		return out, httpapi.BadRequest("stop", "stop must be a string or a list of strings")
-	}
-	return out, nil
+	return out, err
 }
 
 func toFloat32(f *float64) *float32 {
@@ -65,6 +104,8 @@ func toFloat32(f *float64) *float32 {
 	return &v
 }
 
+func includeUsage(o *openai.StreamOptions) bool { return o != nil && o.IncludeUsage }
+
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) error {
 	var req openai.CompletionRequest
 	if err := httpapi.DecodeJSON(r, &req); err != nil {
@@ -74,173 +115,60 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	lease, err := s.router.acquire(r.Context(), req.Model)
-	if err != nil {
-		return err
-	}
-	defer lease.release()
+	a := &completionAnswer{c: openai.Completion{ID: "cmpl-" + randomHex(12),
+		Object: "text_completion", Created: time.Now().Unix(), Model: req.Model}}
+	return s.generate(w, r, req.Model, workerReq, a, req.Stream, includeUsage(req.StreamOptions))
+}
 
-	resp, err := s.callWorker(r, lease, workerReq)
+// generate runs one generation on a worker of model and answers in a's
+// shape, streamed or whole.
+func (s *Server) generate(w http.ResponseWriter, r *http.Request, model string,
+	req api.CompletionRequest, a answer, stream, includeUsage bool) error {
+	resp, l, err := s.forward(r.Context(), model, "/v1/completion", req)
 	if err != nil {
 		return err
 	}
+	defer l.release()
 	defer resp.Body.Close()
-	out := &openai.Completion{ID: "cmpl-" + randomHex(12), Object: "text_completion",
-		Created: time.Now().Unix(), Model: req.Model}
 	events := httpapi.NewSSEReader(resp.Body)
-	if req.Stream {
-		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-		return s.relayStream(w, events, out, includeUsage)
+	if stream {
+		return relayStream(w, events, a, includeUsage)
 	}
-	return collect(w, events, out)
+	return collect(w, events, a)
 }
 
-// callWorker opens the worker's token stream, presenting its token.
-func (s *Server) callWorker(r *http.Request, l *lease, req api.CompletionRequest) (*http.Response, error) {
-	body, _ := json.Marshal(req)
-	httpReq, err := http.NewRequestWithContext(r.Context(), http.MethodPost,
-		l.url+"/v1/completion", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	httpReq.Header.Set("Content-Type", "application/json")
-	httpReq.Header.Set("Authorization", "Bearer "+l.token)
-	resp, err := s.client.Do(httpReq)
-	if err != nil {
-		return nil, httpapi.Upstream(err, "worker %s did not answer", l.workerID)
-	}
-	if resp.StatusCode == http.StatusOK {
-		return resp, nil
-	}
-	defer resp.Body.Close()
-	return nil, workerError(l.workerID, resp)
+// completionAnswer shapes a text completion (object "text_completion").
+type completionAnswer struct {
+	c      openai.Completion
+	choice [1]openai.CompletionChoice
+	reason string
 }
 
-// workerError passes a worker's client errors through (the request was at
-// fault) and reports its server errors as a bad gateway.
-func workerError(id string, resp *http.Response) error {
-	var body api.ErrorBody
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(data, &body) != nil || body.Error.Message == "" {
-		body.Error.Message = strings.TrimSpace(string(data))
-	}
-	if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusUnauthorized {
-		return &httpapi.Error{Status: resp.StatusCode, Type: body.Error.Type,
-			Code: body.Error.Code, Param: body.Error.Param, Message: body.Error.Message}
-	}
-	return httpapi.Upstream(fmt.Errorf("worker %s: status %d", id, resp.StatusCode),
-		"worker %s failed: %s", id, body.Error.Message)
+func (a *completionAnswer) opening() any { return nil }
+
+func (a *completionAnswer) delta(text string) any {
+	a.choice[0] = openai.CompletionChoice{Text: text}
+	a.c.Choices = a.choice[:]
+	return &a.c
 }
 
-// relayStream turns the worker's events into OpenAI chunks as they come.
-func (s *Server) relayStream(w http.ResponseWriter, events *httpapi.SSEReader, out *openai.Completion, includeUsage bool) error {
-	sse := httpapi.NewSSEWriter(w)
-	for {
-		ev, err := nextEvent(events)
-		if err != nil {
-			return endStreamWithError(sse, err)
-		}
-		switch {
-		case ev.Error != "":
-			return endStreamWithError(sse, httpapi.Upstream(errors.New(ev.Error), "generation failed: %s", ev.Error))
-		case ev.Done:
-			reason := ev.FinishReason
-			out.Choices = []openai.CompletionChoice{{Text: ev.Text, FinishReason: &reason}}
-			if err := sse.Event(out); err != nil {
-				return nil
-			}
-			if includeUsage {
-				out.Choices = []openai.CompletionChoice{}
-				out.Usage = usageOf(ev)
-				if err := sse.Event(out); err != nil {
-					return nil
-				}
-			}
-			return sse.Done()
-		default:
-			out.Choices = []openai.CompletionChoice{{Text: ev.Text}}
-			if err := sse.Event(out); err != nil {
-				return nil // the client left; its request context stops the worker
-			}
-		}
-	}
+func (a *completionAnswer) finish(reason string) any {
+	a.reason = reason
+	a.choice[0] = openai.CompletionChoice{FinishReason: &a.reason}
+	a.c.Choices = a.choice[:]
+	return &a.c
 }
 
-// endStreamWithError ends a stream that broke: as an error response if
-// nothing was sent yet, else as an error event then [DONE].
-func endStreamWithError(sse *httpapi.SSEWriter, err error) error {
-	if !sse.Started() {
-		return err
-	}
-	_ = sse.Event(httpapi.Body(httpapi.AsError(err)))
-	return sse.Done()
+func (a *completionAnswer) usage(u *openai.Usage) any {
+	a.c.Choices = a.choice[:0]
+	a.c.Usage = u
+	return &a.c
 }
 
-// collect gathers the whole answer for a non-streaming request.
-func collect(w http.ResponseWriter, events *httpapi.SSEReader, out *openai.Completion) error {
-	var text strings.Builder
-	for {
-		ev, err := nextEvent(events)
-		if err != nil {
-			return err
-		}
-		if ev.Error != "" {
-			return httpapi.Upstream(errors.New(ev.Error), "generation failed: %s", ev.Error)
-		}
-		text.WriteString(ev.Text)
-		if ev.Done {
-			reason := ev.FinishReason
-			out.Choices = []openai.CompletionChoice{{Text: text.String(), FinishReason: &reason}}
-			out.Usage = usageOf(ev)
-			httpapi.WriteJSON(w, http.StatusOK, out)
-			return nil
-		}
-	}
-}
-
-// nextEvent reads one worker event; a stream that ends early is an error.
-func nextEvent(events *httpapi.SSEReader) (api.CompletionEvent, error) {
-	var ev api.CompletionEvent
-	data, done, err := events.Next()
-	if done || errors.Is(err, io.EOF) {
-		return ev, httpapi.Upstream(io.ErrUnexpectedEOF, "the worker ended the stream early")
-	}
-	if err != nil {
-		return ev, httpapi.Upstream(err, "lost the worker mid-answer: %v", err)
-	}
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return ev, httpapi.Upstream(err, "the worker sent an unreadable event")
-	}
-	return ev, nil
-}
-
-func usageOf(ev api.CompletionEvent) *openai.Usage {
-	return &openai.Usage{PromptTokens: ev.PromptTokens, CompletionTokens: ev.CompletionTokens,
-		TotalTokens: ev.PromptTokens + ev.CompletionTokens}
-}
-
-func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) error {
-	workers, err := s.store.Workers(r.Context(), false)
-	if err != nil {
-		return err
-	}
-	byModel := map[string]*openai.Model{}
-	for _, wk := range workers {
-		if wk.State != api.WorkerReady {
-			continue
-		}
-		e, ok := byModel[wk.Model]
-		if !ok {
-			e = &openai.Model{ID: wk.Model, Object: "model", Created: wk.CreatedAt.Unix(), OwnedBy: "rbee"}
-			byModel[wk.Model] = e
-		}
-		e.Replicas++
-	}
-	list := make([]openai.Model, 0, len(byModel))
-	for _, e := range byModel {
-		list = append(list, *e)
-	}
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	httpapi.WriteJSON(w, http.StatusOK, openai.ModelList{Object: "list", Data: list})
-	return nil
+func (a *completionAnswer) whole(text, reason string, u *openai.Usage) any {
+	a.reason = reason
+	a.choice[0] = openai.CompletionChoice{Text: text, FinishReason: &a.reason}
+	a.c.Choices = a.choice[:]
+	a.c.Usage = u
+	return &a.c
 }

@@ -43,6 +43,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.RecordHeartbeat(ctx, wk.ID, hb, time.Now().UTC()); err != nil {
 		return err
 	}
+	s.live.record(hb)
 	if wk.State != hb.State {
 		s.log.Info("worker state changed", "worker_id", wk.ID, "from", wk.State, "to", hb.State,
 			"error", hb.Error)

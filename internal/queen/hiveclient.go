@@ -3,10 +3,12 @@ package queen
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
@@ -15,18 +17,39 @@ import (
 	"github.com/rbee-dev/rbee/internal/sshexec"
 )
 
-// hiveCommandTimeout bounds one hive command; a spawn waits for the worker
-// to listen, which is quick, since the model loads after.
-const hiveCommandTimeout = 90 * time.Second
+const (
+	// hiveCommandTimeout bounds one hive command; a spawn waits for the
+	// worker to listen, which is quick, since the model loads after.
+	hiveCommandTimeout = 90 * time.Second
+	// versionTimeout bounds `rbee-hive version`, connecting included.
+	versionTimeout = 20 * time.Second
+	// exitNotFound is what sh exits with when the program it should exec
+	// does not exist: rbee-hive is not installed there.
+	exitNotFound = 127
+)
+
+// remoteExec runs the program at $HOME/$0 with the remaining arguments: a
+// constant script, so that a hive binary under ~/ needs no shell string.
+const remoteExec = `exec "$HOME/$0" "$@"`
 
 // hiveClient runs rbee-hive commands on hives and decodes their results.
 type hiveClient struct {
 	// bin is the rbee-hive program on the local hive.
 	bin string
-	// runner runs a command on a hive. Only the local hive exists until
-	// SSH hives land; every hive command goes through runnerFor so that
-	// remote hives slot in without touching the callers.
+	// local runs commands on the local hive; pool reaches every other one.
 	local sshexec.Runner
+	pool  *sshexec.Pool
+
+	mu sync.Mutex
+	// verified holds the remote hives whose rbee-hive speaks our protocol,
+	// learnt from `rbee-hive version`; forgotten on (un)install.
+	verified map[string]bool
+}
+
+// target is how the pool reaches remote hive h.
+func target(h registry.Hive) sshexec.Target {
+	return sshexec.Target{Host: h.Host, Port: h.SSHPort, User: h.SSHUser, KeyPath: h.KeyPath,
+		Alias: h.Name}
 }
 
 // runnerFor picks how to reach hive h.
@@ -34,38 +57,156 @@ func (c *hiveClient) runnerFor(h registry.Hive) (sshexec.Runner, error) {
 	if h.Local {
 		return c.local, nil
 	}
-	return nil, &httpapi.Error{Status: http.StatusNotImplemented, Type: "invalid_request_error",
-		Code: "hive_unsupported", Message: fmt.Sprintf(
-			"hive %q is remote, and this queen drives only the local hive so far", h.Name)}
+	if c.pool == nil {
+		return nil, &httpapi.Error{Status: http.StatusNotImplemented, Type: "server_error",
+			Code: "hive_unsupported", Message: fmt.Sprintf(
+				"hive %q is remote, and this queen has no SSH pool", h.Name)}
+	}
+	return c.pool.Runner(target(h)), nil
+}
+
+// argv is the command line of `rbee-hive args...` on hive h.
+func (c *hiveClient) argv(h registry.Hive, args ...string) []string {
+	if h.Local {
+		return append([]string{c.bin}, args...)
+	}
+	bin := h.HiveBin
+	if bin == "" {
+		bin = registry.DefaultHiveBin
+	}
+	if rest, ok := strings.CutPrefix(bin, "~/"); ok {
+		return append([]string{"sh", "-c", remoteExec, rest}, args...)
+	}
+	return append([]string{bin}, args...)
+}
+
+// setVerified records whether hive name speaks our protocol.
+func (c *hiveClient) setVerified(name string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.verified == nil {
+		c.verified = map[string]bool{}
+	}
+	if ok {
+		c.verified[name] = true
+	} else {
+		delete(c.verified, name)
+	}
+}
+
+func (c *hiveClient) isVerified(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.verified[name]
 }
 
 // run runs `rbee-hive args...` on hive h and decodes its JSON result into
 // out. A failing hive command becomes an *httpapi.Error chosen by its exit
-// code, carrying the hive's own message.
+// code, carrying the hive's own message. A remote hive is asked for its
+// version first (once), and refused when it speaks another protocol.
 func (c *hiveClient) run(ctx context.Context, h registry.Hive, args []string, stdin string, out any) error {
 	runner, err := c.runnerFor(h)
 	if err != nil {
 		return err
 	}
+	if !h.Local && !c.isVerified(h.Name) {
+		v, err := c.version(ctx, h)
+		if err != nil {
+			return err
+		}
+		if err := checkProtocol(h.Name, v); err != nil {
+			return err
+		}
+		c.setVerified(h.Name, true)
+	}
+
 	ctx, cancel := context.WithTimeout(ctx, hiveCommandTimeout)
 	defer cancel()
 	var in io.Reader
 	if stdin != "" {
 		in = strings.NewReader(stdin)
 	}
-	argv := append([]string{c.bin}, args...)
-	res, err := runner.Run(ctx, argv, in)
+	res, err := runner.Run(ctx, c.argv(h, args...), in)
 	if err != nil {
-		return httpapi.Upstream(err, "could not run rbee-hive on hive %q: %v", h.Name, err)
+		return sshError(h.Name, err)
+	}
+	if res.ExitCode == exitNotFound && !h.Local {
+		return notInstalled(h)
 	}
 	if res.ExitCode != api.HiveExitOK {
 		return hiveFailure(h.Name, args, res)
 	}
 	if err := json.Unmarshal(res.Stdout, out); err != nil {
 		return httpapi.Upstream(err, "hive %q printed a result rbee cannot read (is its "+
-			"rbee-hive the same version as the queen?)", h.Name)
+			"rbee-hive the same version as the queen? `rbee hive install %s`)", h.Name, h.Name)
 	}
 	return nil
+}
+
+// version runs `rbee-hive version` on h.
+func (c *hiveClient) version(ctx context.Context, h registry.Hive) (api.HiveVersion, error) {
+	var v api.HiveVersion
+	runner, err := c.runnerFor(h)
+	if err != nil {
+		return v, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, versionTimeout)
+	defer cancel()
+	res, err := runner.Run(ctx, c.argv(h, "version"), nil)
+	switch {
+	case err != nil:
+		return v, sshError(h.Name, err)
+	case res.ExitCode == exitNotFound && !h.Local:
+		return v, notInstalled(h)
+	case res.ExitCode != api.HiveExitOK:
+		return v, hiveFailure(h.Name, []string{"version"}, res)
+	}
+	if err := json.Unmarshal(res.Stdout, &v); err != nil {
+		return v, &httpapi.Error{Status: http.StatusConflict, Type: "invalid_request_error",
+			Code: "hive_version_mismatch", Err: err, Message: fmt.Sprintf(
+				"hive %q: its rbee-hive version printed something this queen cannot read; "+
+					"run `rbee hive install %s`", h.Name, h.Name)}
+	}
+	return v, nil
+}
+
+// checkProtocol refuses a hive whose rbee-hive speaks another protocol.
+func checkProtocol(hive string, v api.HiveVersion) error {
+	if v.ProtocolVersion == api.ProtocolVersion {
+		return nil
+	}
+	return &httpapi.Error{Status: http.StatusConflict, Type: "invalid_request_error",
+		Code: "hive_version_mismatch", Message: fmt.Sprintf(
+			"hive %q runs rbee-hive %s (protocol %d), but this queen speaks protocol %d: "+
+				"run `rbee hive install %s`", hive, v.Version, v.ProtocolVersion,
+			api.ProtocolVersion, hive)}
+}
+
+// notInstalled is the error for a hive without rbee-hive.
+func notInstalled(h registry.Hive) error {
+	return &httpapi.Error{Status: http.StatusConflict, Type: "invalid_request_error",
+		Code: "hive_not_installed", Message: fmt.Sprintf(
+			"rbee-hive is not installed on hive %q (%s): run `rbee hive install %s`",
+			h.Name, h.HiveBin, h.Name)}
+}
+
+// sshError turns a failure to run a command on a hive into an API error;
+// sshexec's messages already say what to do.
+func sshError(hive string, err error) error {
+	e := &httpapi.Error{Status: http.StatusBadGateway, Type: "server_error",
+		Code: "hive_unreachable", Err: err,
+		Message: fmt.Sprintf("could not run rbee-hive on hive %q: %v", hive, err)}
+	switch {
+	case errors.Is(err, sshexec.ErrUnknownHost):
+		e.Status, e.Type, e.Code = http.StatusConflict, "invalid_request_error", "unknown_host_key"
+	case errors.Is(err, sshexec.ErrHostKeyChanged):
+		e.Status, e.Type, e.Code = http.StatusConflict, "invalid_request_error", "host_key_changed"
+	case errors.Is(err, sshexec.ErrAuth):
+		e.Code = "ssh_auth_failed"
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Status, e.Code = http.StatusGatewayTimeout, "hive_timeout"
+	}
+	return e
 }
 
 // hiveFailure maps a hive's exit code and error result to an API error.

@@ -13,8 +13,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rbee-dev/rbee/internal/registry"
 )
 
 // DefaultAddr is where the queen listens unless told otherwise.
@@ -46,7 +49,7 @@ func Main(args []string, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	if err := requireLoopback(cfg.Addr); err != nil {
+	if err := checkListenAddr(ctx, cfg.Addr, cfg.DBPath); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -73,6 +76,12 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 2*time.Second, "how often workers beat")
 	fs.IntVar(&cfg.QueueLimit, "queue-limit", defaultQueueLimit, "requests that may wait per model when all slots are busy")
 	fs.DurationVar(&cfg.QueueWait, "queue-wait", defaultQueueWait, "how long a request may wait for a slot")
+	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("RBEE_QUEEN_ADVERTISE_URL"),
+		"URL workers on remote hives reach this queen at (default $RBEE_QUEEN_ADVERTISE_URL)")
+	fs.StringVar(&cfg.InstallBinDir, "install-bin-dir", "",
+		"where `rbee hive install` takes rbee-hive and llm-worker-rbee from (default: beside queen-rbee)")
+	fs.DurationVar(&cfg.SSHConnectTimeout, "ssh-connect-timeout", 5*time.Second,
+		"how long connecting to a hive over SSH may take")
 	fs.BoolVar(&verbose, "verbose", false, "debug logs (every request and heartbeat)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, false, err
@@ -86,24 +95,55 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	if cfg.HiveBin == "" {
 		cfg.HiveBin = siblingOrPath("rbee-hive")
 	}
+	if err := checkAdvertiseURL(cfg.AdvertiseURL); err != nil {
+		return cfg, false, err
+	}
+	cfg.AdvertiseURL = strings.TrimRight(cfg.AdvertiseURL, "/")
+	if cfg.InstallBinDir == "" {
+		if exe, err := os.Executable(); err == nil {
+			cfg.InstallBinDir = filepath.Dir(exe)
+		}
+	}
 	return cfg, verbose, nil
 }
 
-// requireLoopback refuses any address other than loopback: serving other
-// machines needs API keys, which this queen does not have yet.
-func requireLoopback(addr string) error {
+// checkListenAddr refuses an address beyond loopback unless the registry at
+// dbPath holds an admin key: without one, nobody could use or manage a
+// queen that other machines reach, and a queen without keys is open.
+func checkListenAddr(ctx context.Context, addr, dbPath string) error {
+	loopback, err := isLoopback(addr)
+	if err != nil || loopback {
+		return err
+	}
+	store, err := registry.Open(dbPath)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ok, err := store.HasAdminKey(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("refusing to listen on %s: it reaches beyond this machine, and "+
+			"the queen has no admin API key yet. Start it on 127.0.0.1, run "+
+			"`rbee key create --name admin --scope admin`, then restart it with --addr %s",
+			addr, addr)
+	}
+	return nil
+}
+
+// isLoopback reports whether addr (host:port) listens on loopback only.
+func isLoopback(addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("--addr %q: want host:port: %w", addr, err)
+		return false, fmt.Errorf("--addr %q: want host:port: %w", addr, err)
 	}
 	if host == "localhost" {
-		return nil
+		return true, nil
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("refusing to listen on %s: without API keys the queen would be open "+
-		"to the network; listen on 127.0.0.1 and reach it through SSH forwarding", addr)
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
 }
 
 // defaultAddr takes host:port from RBEE_QUEEN_URL, else DefaultAddr.
@@ -139,4 +179,17 @@ func siblingOrPath(name string) string {
 		return p
 	}
 	return name
+}
+
+// checkAdvertiseURL accepts an empty URL or an http(s) URL with a host.
+func checkAdvertiseURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("--advertise-url %q: want http://HOST:PORT", raw)
+	}
+	return nil
 }

@@ -30,6 +30,20 @@ type Config struct {
 	QueueLimit        int
 	QueueWait         time.Duration
 	Clock             heartbeat.Clock // nil: the real clock
+
+	// AdvertiseURL is where workers on remote hives reach this queen
+	// (--advertise-url); empty: the listening address, when it is usable.
+	AdvertiseURL string
+	// InstallBinDir holds the rbee-hive and llm-worker-rbee that
+	// `rbee hive install` copies (default: beside queen-rbee).
+	InstallBinDir string
+	// SSHConnectTimeout bounds connecting to a hive; 0: sshexec's default.
+	SSHConnectTimeout time.Duration
+	// SSHConfigPath is the ssh_config that aliases are read from; empty:
+	// ~/.ssh/config.
+	SSHConfigPath string
+	// KnownHostsPath is rbee's known_hosts file; empty: sshexec's default.
+	KnownHostsPath string
 }
 
 // Server is a running queen.
@@ -39,7 +53,9 @@ type Server struct {
 	store     *registry.Store
 	tracker   *heartbeat.Tracker
 	router    *router
+	live      *liveStats
 	hives     *hiveClient
+	keys      *keyring
 	startedAt time.Time
 	queenURL  string // how workers on the local hive reach this queen
 
@@ -63,6 +79,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		log:       log,
 		store:     store,
 		router:    newRouter(),
+		live:      newLiveStats(),
 		hives:     &hiveClient{bin: cfg.HiveBin, local: sshexec.Local{}},
 		startedAt: time.Now(),
 		queenURL:  queenURL,
@@ -73,6 +90,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 			DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		}},
 	}
+	s.hives.pool = sshexec.NewPool(s.sshConfig(false))
 	if cfg.QueueLimit > 0 {
 		s.router.queueLimit = cfg.QueueLimit
 	}
@@ -82,6 +100,13 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 	s.tracker = heartbeat.NewTracker(heartbeat.TrackerConfig{Interval: cfg.HeartbeatInterval},
 		clock, s.workerLost)
 	if err := s.restore(context.Background()); err != nil {
+		s.hives.pool.Close()
+		store.Close()
+		return nil, err
+	}
+	loopback, _ := isLoopback(cfg.Addr) // a bad address: closed, and refused by run
+	if s.keys, err = loadKeyring(context.Background(), store, log, loopback); err != nil {
+		s.hives.pool.Close()
 		store.Close()
 		return nil, err
 	}
@@ -113,7 +138,19 @@ func (s *Server) restore(ctx context.Context) error {
 // Close releases the registry and stops the deadline timers.
 func (s *Server) Close() error {
 	s.tracker.Stop()
+	s.keys.close()
+	if err := s.hives.pool.Close(); err != nil {
+		s.log.Warn("closing ssh connections", "error", err)
+	}
 	return s.store.Close()
+}
+
+// sshConfig is how the queen connects to hives; acceptNew records the key
+// of a host seen for the first time (`rbee hive add --accept-new-host-key`).
+func (s *Server) sshConfig(acceptNew bool) sshexec.Config {
+	return sshexec.Config{KnownHostsPath: s.cfg.KnownHostsPath, AcceptNewHostKey: acceptNew,
+		ConnectTimeout: s.cfg.SSHConnectTimeout,
+		Logger:         s.log.With("component", "ssh")}
 }
 
 // Serve listens on ln until ctx ends or /v1/shutdown is called, then

@@ -63,6 +63,22 @@ func (r *router) update(id, model, url, token string, state api.WorkerState, slo
 	r.broadcast()
 }
 
+// add records a worker the queen has just started, as loading. A worker
+// can beat before its spawn returns; then the router already knows it, and
+// its state (ready, say) is newer than "loading" and is kept.
+func (r *router) add(id, model, url, token string, slots int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rt, ok := r.routes[id]; ok {
+		if rt.url == "" {
+			rt.url = url
+		}
+		return
+	}
+	r.routes[id] = &route{id: id, model: model, url: url, token: token,
+		state: api.WorkerLoading, slotsTotal: slots}
+}
+
 // setState changes only a known worker's state.
 func (r *router) setState(id string, state api.WorkerState) {
 	r.mu.Lock()
@@ -103,11 +119,31 @@ type lease struct {
 	url      string
 	token    string
 	release  func()
+	once     sync.Once
 }
 
 // acquire claims a slot of a ready worker serving model, waiting in the
 // model's queue when all are busy.
 func (r *router) acquire(ctx context.Context, model string) (*lease, error) {
+	return r.acquireExcept(ctx, model, "")
+}
+
+// acquireExcept is acquire that never picks worker exclude (one that just
+// failed): with no other ready worker of the model, it says so at once.
+func (r *router) acquireExcept(ctx context.Context, model, exclude string) (*lease, error) {
+	r.mu.Lock()
+	l, err := r.tryClaim(model, exclude)
+	if l != nil || err != nil {
+		r.mu.Unlock()
+		return l, err
+	}
+	r.mu.Unlock()
+	return r.wait(ctx, model, exclude)
+}
+
+// wait queues a request until a slot of model frees up, bounded in count
+// and time.
+func (r *router) wait(ctx context.Context, model, exclude string) (*lease, error) {
 	deadline := time.NewTimer(r.queueWait)
 	defer deadline.Stop()
 	queued := false
@@ -120,7 +156,7 @@ func (r *router) acquire(ctx context.Context, model string) (*lease, error) {
 	}()
 	for {
 		r.mu.Lock()
-		l, err := r.tryClaim(model)
+		l, err := r.tryClaim(model, exclude)
 		if l != nil || err != nil {
 			r.mu.Unlock()
 			return l, err
@@ -128,10 +164,10 @@ func (r *router) acquire(ctx context.Context, model string) (*lease, error) {
 		if !queued {
 			if r.waiting[model] >= r.queueLimit {
 				r.mu.Unlock()
-				return nil, &httpapi.Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error",
-					Code: "queue_full", RetryAfter: time.Second, Message: fmt.Sprintf(
-						"every slot of model %q is busy and %d requests already wait; retry later",
-						model, r.queueLimit)}
+				return nil, &httpapi.Error{Status: http.StatusTooManyRequests,
+					Type: "rate_limit_error", Code: "queue_full", RetryAfter: time.Second,
+					Message: fmt.Sprintf("every slot of model %q is busy and %d requests "+
+						"already wait; retry later", model, r.queueLimit)}
 			}
 			r.waiting[model]++
 			queued = true
@@ -151,43 +187,61 @@ func (r *router) acquire(ctx context.Context, model string) (*lease, error) {
 	}
 }
 
-// tryClaim claims the least busy ready worker's slot, or says why none can
-// ever serve model. (nil, nil) means: all busy, wait. Callers hold mu.
-func (r *router) tryClaim(model string) (*lease, error) {
-	var candidates []*route
-	var states []string
+// tryClaim claims a slot on the ready worker of model with a free slot and
+// the fewest busy ones (ties go to the lowest id), or says why none can
+// ever serve it. (nil, nil) means: all busy, wait. It runs on every
+// request, so it allocates nothing until it has found a worker. Callers
+// hold mu.
+func (r *router) tryClaim(model, exclude string) (*lease, error) {
+	var best *route
+	known, ready := false, false
 	for _, rt := range r.routes {
-		if rt.model != model {
+		if rt.model != model || rt.id == exclude {
 			continue
 		}
-		states = append(states, fmt.Sprintf("%s is %s", rt.id, rt.state))
-		if rt.state == api.WorkerReady {
-			candidates = append(candidates, rt)
+		known = true
+		if rt.state != api.WorkerReady {
+			continue
+		}
+		ready = true
+		if rt.busy >= rt.slotsTotal {
+			continue
+		}
+		if best == nil || rt.busy < best.busy || (rt.busy == best.busy && rt.id < best.id) {
+			best = rt
 		}
 	}
-	if len(candidates) == 0 {
-		return nil, noWorkerError(model, states)
-	}
-	sort.Slice(candidates, func(i, j int) bool {
-		if candidates[i].busy != candidates[j].busy {
-			return candidates[i].busy < candidates[j].busy
-		}
-		return candidates[i].id < candidates[j].id
-	})
-	best := candidates[0]
-	if best.busy >= best.slotsTotal {
+	switch {
+	case !known:
+		return nil, noWorkerError(model, nil)
+	case !ready:
+		return nil, noWorkerError(model, r.statesOf(model, exclude))
+	case best == nil:
 		return nil, nil
 	}
 	best.busy++
-	var once sync.Once
-	return &lease{workerID: best.id, url: best.url, token: best.token, release: func() {
-		once.Do(func() {
+	l := &lease{workerID: best.id, url: best.url, token: best.token}
+	l.release = func() {
+		l.once.Do(func() {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			best.busy--
 			r.broadcast()
 		})
-	}}, nil
+	}
+	return l, nil
+}
+
+// statesOf names the state of every worker of model, for an error that
+// says why none is ready. Callers hold mu.
+func (r *router) statesOf(model, exclude string) []string {
+	var states []string
+	for _, rt := range r.routes {
+		if rt.model == model && rt.id != exclude {
+			states = append(states, fmt.Sprintf("%s is %s", rt.id, rt.state))
+		}
+	}
+	return states
 }
 
 func noWorkerError(model string, states []string) error {

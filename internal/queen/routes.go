@@ -16,6 +16,7 @@ import (
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	h := func(f httpapi.HandlerFunc) http.HandlerFunc { return httpapi.Handle(s.log, f) }
+	r.Use(s.authenticate) // API keys; see auth.go for which route needs which
 
 	r.Get("/health", h(s.handleHealth))
 	r.Route("/v1", func(r chi.Router) {
@@ -28,8 +29,22 @@ func (s *Server) routes() http.Handler {
 		r.Get("/workers/{id}", h(s.handleGetWorker))
 		r.Delete("/workers/{id}", h(s.handleStopWorker))
 
+		r.Get("/hives", h(s.handleListHives))
+		r.Post("/hives", h(s.handleAddHive))
+		r.Delete("/hives/{name}", h(s.handleDeleteHive))
+		r.Post("/hives/{name}/install", h(s.handleInstallHive))
+		r.Post("/hives/{name}/check", h(s.handleCheckHive))
+		r.Post("/hives/{name}/uninstall", h(s.handleUninstallHive))
+
+		r.Get("/keys", h(s.handleListKeys))
+		r.Post("/keys", h(s.handleCreateKey))
+		r.Delete("/keys/{name}", h(s.handleDeleteKey))
+
 		r.Get("/models", h(s.handleModels))
+		r.Get("/models/{model}", h(s.handleModel))
 		r.Post("/completions", h(s.handleCompletions))
+		r.Post("/chat/completions", h(s.handleChatCompletions))
+		r.Post("/embeddings", h(s.handleEmbeddings))
 	})
 	r.NotFound(h(func(http.ResponseWriter, *http.Request) error {
 		return httpapi.NotFound("not_found", "no such route; see docs/contracts.md")

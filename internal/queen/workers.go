@@ -55,6 +55,7 @@ func (s *Server) public(wk registry.Worker) api.Worker {
 	if busy := s.router.busy(wk.ID); busy > out.SlotsBusy {
 		out.SlotsBusy = busy
 	}
+	out.Stats = s.live.get(wk.ID)
 	return out
 }
 
@@ -121,6 +122,9 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if err != nil {
 		return spawnPlan{}, err
 	}
+	if err := s.canReachQueen(hive); err != nil {
+		return spawnPlan{}, err
+	}
 	return spawnPlan{hive: hive, req: req}, nil
 }
 
@@ -145,7 +149,7 @@ func (s *Server) spawn(ctx context.Context, p spawnPlan) (registry.Worker, error
 
 	args := []string{"worker", "spawn", "--id", wk.ID, "--model", wk.ModelPath,
 		"--name", wk.Model, "--device", wk.Device, "--slots", strconv.Itoa(wk.Slots),
-		"--ctx-size", strconv.Itoa(wk.CtxSize), "--host", p.hive.Host, "--queen-url", s.queenURL}
+		"--ctx-size", strconv.Itoa(wk.CtxSize), "--host", p.hive.Host, "--queen-url", s.queenURLFor(p.hive)}
 	var res api.SpawnResult
 	if err := s.hives.run(ctx, p.hive, args, wk.Token+"\n", &res); err != nil {
 		log.Warn("spawn failed", "error", err)
@@ -159,7 +163,7 @@ func (s *Server) spawn(ctx context.Context, p spawnPlan) (registry.Worker, error
 	if cur, err := s.store.Worker(ctx, wk.ID); err == nil && cur.State == api.WorkerStarting {
 		_ = s.store.SetState(ctx, wk.ID, api.WorkerLoading, "")
 	}
-	s.router.update(wk.ID, wk.Model, res.URL, wk.Token, api.WorkerLoading, wk.Slots)
+	s.router.add(wk.ID, wk.Model, res.URL, wk.Token, wk.Slots)
 	s.tracker.Arm(wk.ID)
 	log.Info("worker started", "pid", res.PID, "url", res.URL)
 	return s.store.Worker(ctx, wk.ID)
@@ -200,6 +204,7 @@ func (s *Server) handleStopWorker(w http.ResponseWriter, r *http.Request) error 
 func (s *Server) forget(id string) {
 	s.router.remove(id)
 	s.tracker.Remove(id)
+	s.live.remove(id)
 }
 
 func newWorkerID() string { return "w-" + randomHex(workerIDSize) }

@@ -48,6 +48,30 @@ CREATE TABLE workers (
 CREATE INDEX workers_by_created ON workers (created_at, id);
 CREATE INDEX workers_by_hive ON workers (hive);
 `,
+	// 2: API keys, stored as the SHA-256 of the key.
+	`
+CREATE TABLE api_keys (
+	name         TEXT PRIMARY KEY,
+	scope        TEXT NOT NULL CHECK (scope IN ('inference', 'admin')),
+	prefix       TEXT NOT NULL,
+	hash         BLOB NOT NULL UNIQUE,
+	created_at   INTEGER NOT NULL,
+	last_used_at INTEGER
+) STRICT;
+`,
+	// 3: SSH hives: the alias a hive came from, its rbee-hive program, and
+	// what the last contact found.
+	`
+ALTER TABLE hives ADD COLUMN alias TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN hive_bin TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN reachable INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hives ADD COLUMN version TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN protocol_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hives ADD COLUMN os TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN arch TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+ALTER TABLE hives ADD COLUMN checked_at INTEGER;
+`,
 }
 
 // migrate applies the migrations db has not seen yet, each in its own

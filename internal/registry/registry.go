@@ -1,7 +1,7 @@
 // Package registry is the queen's store: one SQLite file holding the hives
-// it knows, and the workers it started with their desired and observed
-// state. The schema evolves through numbered migrations, applied when the
-// file is opened.
+// it knows, the workers it started with their desired and observed state,
+// and its API keys (hashed). The schema evolves through numbered
+// migrations, applied when the file is opened.
 package registry
 
 import (
@@ -20,12 +20,12 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
-// ErrNotFound is wrapped by lookups and updates of a hive or worker that
-// does not exist.
+// ErrNotFound is wrapped by lookups and updates of a hive, worker or API
+// key that does not exist.
 var ErrNotFound = errors.New("not found")
 
 // ErrExists is wrapped by CreateWorker when a worker with the same id is
-// already recorded.
+// already recorded, and by CreateAPIKey when the key's name is taken.
 var ErrExists = errors.New("already exists")
 
 // ErrSchemaTooNew is wrapped by Open when the file was written by a newer

@@ -1,6 +1,6 @@
 // Package sshexec runs rbee-hive commands for the queen: on its own machine
-// with a plain exec, and (later) on other machines over SSH, behind one
-// interface. Quote is the only way an argv becomes a shell string.
+// with a plain exec (Local), and on other machines over SSH (Pool), behind
+// one interface. Quote is the only way an argv becomes a shell string.
 package sshexec
 
 import (

@@ -63,12 +63,12 @@ func Tiny() Config {
 	}
 }
 
-// Bench returns a model of about 134M parameters in F16 (about 270 MB), big
+// Bench returns a model of about 110M parameters in F16 (about 220 MB), big
 // enough that matrix work dominates the time per token.
 func Bench() Config {
 	return Config{
 		Name:              "rbee-bench",
-		VocabSize:         32000,
+		VocabSize:         16384,
 		EmbeddingLength:   768,
 		BlockCount:        12,
 		HeadCount:         12,

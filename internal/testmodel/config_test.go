@@ -51,7 +51,7 @@ func TestPresets(t *testing.T) {
 		// 2*64*512 embeddings and output; per block 4*64*64 attention,
 		// 3*64*172 feed-forward and 2*64 norms; 64 for the output norm.
 		{"tiny", Tiny(), 2*64*512 + 64 + 2*(4*64*64+3*64*172+2*64)},
-		{"bench", Bench(), 2*768*32000 + 768 + 12*(4*768*768+3*768*2048+2*768)},
+		{"bench", Bench(), 2*768*16384 + 768 + 12*(4*768*768+3*768*2048+2*768)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -50,9 +50,10 @@ type Completion struct {
 
 // CompletionChoice is one choice; rbee always returns exactly one.
 type CompletionChoice struct {
-	Index        int     `json:"index"`
-	Text         string  `json:"text"`
-	FinishReason *string `json:"finish_reason"`
+	Index        int             `json:"index"`
+	Text         string          `json:"text"`
+	Logprobs     json.RawMessage `json:"logprobs"` // always null
+	FinishReason *string         `json:"finish_reason"`
 }
 
 // Usage counts the tokens of a request.
@@ -136,19 +137,25 @@ func TextContent(s string) json.RawMessage {
 }
 
 // ContentError says what is wrong with a message's content. Part is the
-// index of the offending content part, or -1 for the content as a whole.
+// index of the offending content part, or -1 for the content as a whole;
+// Problem completes a sentence whose subject is that part or content.
 type ContentError struct {
 	Part    int
-	Message string
+	Problem string
 }
 
-func (e *ContentError) Error() string { return e.Message }
+func (e *ContentError) Error() string {
+	if e.Part < 0 {
+		return "content " + e.Problem
+	}
+	return "content part " + strconv.Itoa(e.Part) + " " + e.Problem
+}
 
 // Text returns the text of m's content: the string itself, or the text
-// parts joined with newlines.
+// parts joined with newlines. Its error is a *ContentError.
 func (m ChatMessage) Text() (string, error) {
 	if len(m.Content) == 0 || string(m.Content) == "null" {
-		return "", &ContentError{Part: -1, Message: "content is required"}
+		return "", &ContentError{Part: -1, Problem: "is required"}
 	}
 	var s string
 	if json.Unmarshal(m.Content, &s) == nil {
@@ -156,18 +163,17 @@ func (m ChatMessage) Text() (string, error) {
 	}
 	var parts []json.RawMessage
 	if json.Unmarshal(m.Content, &parts) != nil {
-		return "", &ContentError{Part: -1,
-			Message: "content must be a string or a list of content parts"}
+		return "", &ContentError{Part: -1, Problem: "must be a string or a list of content parts"}
 	}
 	texts := make([]string, 0, len(parts))
 	for i, raw := range parts {
 		var p ContentPart
 		if json.Unmarshal(raw, &p) != nil {
-			return "", &ContentError{Part: i, Message: `a content part must be {"type":"text","text":"..."}`}
+			return "", &ContentError{Part: i, Problem: `must be {"type":"text","text":"..."}`}
 		}
 		if p.Type != "text" {
 			return "", &ContentError{Part: i,
-				Message: "only text content parts are supported, not " + strconv.Quote(p.Type)}
+				Problem: "has type " + strconv.Quote(p.Type) + ": only text parts are supported"}
 		}
 		texts = append(texts, p.Text)
 	}

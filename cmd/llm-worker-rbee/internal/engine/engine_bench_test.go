@@ -9,6 +9,7 @@ import (
 
 	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/llm"
 	"github.com/rbee-dev/rbee/internal/procstat"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // benchPrompt is about 200 tokens of plain English.
@@ -71,9 +72,9 @@ func BenchmarkGenerate4Streams(b *testing.B) {
 	b.ReportMetric(float64(tokens)/elapsed.Seconds(), "aggregate_gen_tok/s")
 }
 
-// BenchmarkLoad measures loading the model and creating its context, and
+// BenchmarkModelLoad measures loading the model and creating its context, and
 // reports the resident memory afterwards.
-func BenchmarkLoad(b *testing.B) {
+func BenchmarkModelLoad(b *testing.B) {
 	path := startModelPath(b)
 	for b.Loop() {
 		m, err := llm.Load(path, llm.LoadOptions{CtxSize: 512, BatchSize: 512, Sequences: 1, Threads: 1})
@@ -86,6 +87,5 @@ func BenchmarkLoad(b *testing.B) {
 }
 
 func startModelPath(b *testing.B) string {
-	_, m := startEngine(b, 1, 64)
-	return m.Path
+	return testenv.FindModel(b).Path
 }

@@ -23,8 +23,14 @@ import (
 func startEngine(t testing.TB, slots, ctxPerSlot int) (*Engine, testenv.Model) {
 	t.Helper()
 	m := testenv.FindModel(t)
-	model, err := llm.Load(m.Path, llm.LoadOptions{
-		CtxSize: ctxPerSlot * slots, BatchSize: 512, Sequences: slots, Threads: 1,
+	return runEngine(t, m.Path, slots, ctxPerSlot, 1), m
+}
+
+// runEngine loads the model at path and runs its loop until the test ends.
+func runEngine(t testing.TB, path string, slots, ctxPerSlot, threads int) *Engine {
+	t.Helper()
+	model, err := llm.Load(path, llm.LoadOptions{
+		CtxSize: ctxPerSlot * slots, BatchSize: 512, Sequences: slots, Threads: threads,
 	})
 	assert.NilError(t, err)
 	eng := New(model, Config{Slots: slots, CtxPerSlot: ctxPerSlot, BatchSize: 512},
@@ -33,7 +39,7 @@ func startEngine(t testing.TB, slots, ctxPerSlot int) (*Engine, testenv.Model) {
 	done := make(chan struct{})
 	go func() { defer close(done); eng.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; model.Close() })
-	return eng, m
+	return eng
 }
 
 func greedy(prompt string, maxTokens int) Request {

@@ -36,6 +36,9 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -45,7 +48,37 @@ import (
 // ErrKVCacheFull means a decode found no room in the KV cache.
 var ErrKVCacheFull = llama.ErrKvCacheFull
 
-var initBackend = sync.OnceFunc(llama.BackendInit)
+var initBackend = sync.OnceFunc(func() {
+	prepareBackendSearch()
+	llama.BackendInit()
+})
+
+// BackendDirEnv names a directory whose lib/ollama holds GPU backends
+// (libggml-cuda.so), for when they are not beside the worker binary.
+const BackendDirEnv = "RBEE_BACKEND_DIR"
+
+// prepareBackendSearch tells ggml where `make cuda` puts the CUDA backend.
+// ggml loads GPU backends from the LD_LIBRARY_PATH entries that contain
+// "lib/ollama" (the ollama layout these bindings come from), so the
+// worker's own lib/ollama directories go first. It also numbers GPUs in
+// PCI order, as NVML does, so that cuda:N names the same card everywhere.
+func prepareBackendSearch() {
+	var dirs []string
+	if dir := os.Getenv(BackendDirEnv); dir != "" {
+		dirs = append(dirs, filepath.Join(dir, "lib", "ollama"))
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		dirs = append(dirs, filepath.Join(dir, "lib", "ollama"), filepath.Join(dir, "..", "lib", "ollama"))
+	}
+	if old := os.Getenv("LD_LIBRARY_PATH"); old != "" {
+		dirs = append(dirs, old)
+	}
+	os.Setenv("LD_LIBRARY_PATH", strings.Join(dirs, string(os.PathListSeparator)))
+	if os.Getenv("CUDA_DEVICE_ORDER") == "" {
+		os.Setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+	}
+}
 
 // DeviceInfo describes one compute device that ggml can use.
 type DeviceInfo struct {

@@ -110,9 +110,46 @@ func ModelName(path string) string {
 	return strings.TrimSuffix(base, ".gguf")
 }
 
+// ThreadsEnv sets a node's default decoding threads per worker, for nodes
+// that run several CPU workers side by side (tests do too): llama.cpp's
+// threads spin, so workers that together want more threads than there are
+// cores slow each other down badly.
+const ThreadsEnv = "RBEE_WORKER_THREADS"
+
+// defaultThreads is $RBEE_WORKER_THREADS, else one decoding thread per
+// physical core: llama.cpp gains nothing from SMT siblings.
 func defaultThreads() int {
-	// llama.cpp gains little from SMT siblings; leave one core to the rest.
-	return max(1, runtime.NumCPU()-1)
+	if n, err := strconv.Atoi(os.Getenv(ThreadsEnv)); err == nil && n > 0 {
+		return n
+	}
+	if n := physicalCores(); n > 0 {
+		return min(n, runtime.NumCPU())
+	}
+	return runtime.NumCPU()
+}
+
+// physicalCores counts distinct (package, core) pairs in /proc/cpuinfo;
+// 0 when they cannot be read (not Linux, or a kernel that hides them).
+func physicalCores() int {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	cores := map[string]bool{}
+	var pkg string
+	for _, line := range strings.Split(string(data), "\n") {
+		key, value, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(key) {
+		case "physical id":
+			pkg = strings.TrimSpace(value)
+		case "core id":
+			cores[pkg+"/"+strings.TrimSpace(value)] = true
+		}
+	}
+	return len(cores)
 }
 
 // Device is where the model runs.

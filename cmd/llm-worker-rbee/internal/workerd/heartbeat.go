@@ -1,10 +1,12 @@
 package workerd
 
 import (
+	"os"
 	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/engine"
+	"github.com/rbee-dev/rbee/cmd/llm-worker-rbee/internal/gpu"
 	"github.com/rbee-dev/rbee/internal/api"
 	"github.com/rbee-dev/rbee/internal/procstat"
 )
@@ -46,6 +48,9 @@ func (w *worker) heartbeat() api.Heartbeat {
 		RSSBytes:        procstat.ResidentBytes(),
 		Error:           errText,
 	}
+	if len(w.cfg.Device.CUDA) > 0 {
+		hb.VRAM = vramUsage(w.cfg.Device.CUDA)
+	}
 	if eng != nil {
 		stats := eng.Stats()
 		hb.SlotsBusy = stats.SlotsBusy
@@ -53,4 +58,24 @@ func (w *worker) heartbeat() api.Heartbeat {
 		hb.PromptTokensPerSec, hb.GenTokensPerSec = w.rates.rates(stats)
 	}
 	return hb
+}
+
+// vramUsage is this process's memory on each of its GPUs, read through
+// NVML (nothing when NVML is absent).
+func vramUsage(indices []int) []api.DeviceMemory {
+	devices, err := gpu.Devices()
+	if err != nil || len(devices) == 0 {
+		return nil
+	}
+	used := gpu.ProcessMemory(os.Getpid(), indices)
+	var out []api.DeviceMemory
+	for _, i := range indices {
+		if i >= len(devices) {
+			continue
+		}
+		d := devices[i]
+		out = append(out, api.DeviceMemory{Index: i, Name: d.Name, UsedBytes: used[i],
+			FreeBytes: d.FreeBytes, TotalBytes: d.TotalBytes})
+	}
+	return out
 }

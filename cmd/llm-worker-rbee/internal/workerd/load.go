@@ -111,6 +111,7 @@ func loadModel(cfg Config, log *slog.Logger) (loaded, error) {
 	var gpus []llm.DeviceInfo
 	if len(cfg.Device.CUDA) > 0 {
 		gpus = llm.GPUs()
+		log.Info("backend devices", "gpus", len(gpus), "devices", deviceNames(llm.Devices()))
 	}
 	opts, err := loadOptions(cfg, ctxPerSlot, gpus)
 	if err != nil {
@@ -126,4 +127,12 @@ func loadModel(cfg Config, log *slog.Logger) (loaded, error) {
 		Slots: cfg.Slots, CtxPerSlot: ctxPerSlot, BatchSize: cfg.BatchSize,
 	}, log)
 	return loaded{model: model, engine: eng, info: info}, nil
+}
+
+func deviceNames(devices []llm.DeviceInfo) []string {
+	names := make([]string, len(devices))
+	for i, d := range devices {
+		names[i] = d.Name + " (" + d.Description + ")"
+	}
+	return names
 }

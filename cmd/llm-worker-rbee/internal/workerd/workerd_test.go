@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -300,4 +301,9 @@ func TestEmbedding(t *testing.T) {
 
 	resp = postTo(t, srv, "/v1/embedding", testToken, `{"input":[]}`)
 	assert.Equal(t, resp.StatusCode, http.StatusBadRequest)
+}
+
+func TestDefaultThreadsIsPhysicalCores(t *testing.T) {
+	n := defaultThreads()
+	assert.Assert(t, n >= 1 && n <= runtime.NumCPU(), "threads %d of %d CPUs", n, runtime.NumCPU())
 }
