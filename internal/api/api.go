@@ -106,6 +106,10 @@ type SpawnRequest struct {
 	Device  string `json:"device,omitempty"`
 	Slots   int    `json:"slots,omitempty"`
 	CtxSize int    `json:"ctx_size,omitempty"` // context per slot; 0: the model's own, capped
+	// GPULayers offloads only this many layers to the GPU; nil: all.
+	GPULayers *int `json:"gpu_layers,omitempty"`
+	// Threads sets CPU decoding threads; 0: the node's default.
+	Threads int `json:"threads,omitempty"`
 }
 
 // QueenStatus is the body of GET /v1/status.

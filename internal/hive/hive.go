@@ -80,7 +80,7 @@ func newRootCmd(a *app) *cobra.Command {
 		RunE:          groupRunE,
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newVersionCmd(a), newWorkerCmd(a))
+	root.AddCommand(newVersionCmd(a), newWorkerCmd(a), newModelCmd(a), newDevicesCmd(a))
 	return root
 }
 

@@ -44,6 +44,8 @@ type spawnOptions struct {
 	device       string
 	slots        int
 	ctxSize      int
+	gpuLayers    int
+	threads      int
 	host         string
 	queenURL     string
 	workerBin    string
@@ -53,7 +55,7 @@ type spawnOptions struct {
 func newSpawnCmd(a *app) *cobra.Command {
 	opts := &spawnOptions{app: a}
 	cmd := &cobra.Command{
-		Use:   "spawn --id ID --model PATH",
+		Use:   "spawn --id ID --model NAME|PATH",
 		Short: "Start a worker for one model, detached; the token is read from stdin",
 		Args:  exactArgs(0),
 		RunE: runE(func(ctx context.Context, _ []string) error {
@@ -62,11 +64,13 @@ func newSpawnCmd(a *app) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.id, "id", "", "worker id, given by the queen (A-Z a-z 0-9 _ -)")
-	f.StringVar(&opts.model, "model", "", "path of the GGUF model file")
+	f.StringVar(&opts.model, "model", "", "catalog name, or path of a GGUF model file")
 	f.StringVar(&opts.name, "name", "", "routing name (default: file name without .gguf)")
 	f.StringVar(&opts.device, "device", "cpu", `"cpu" or "cuda:N[,M...]"`)
 	f.IntVar(&opts.slots, "slots", 1, "requests served at once (1 to 64)")
 	f.IntVar(&opts.ctxSize, "ctx-size", 0, "context per slot; 0: the model's own")
+	f.IntVar(&opts.gpuLayers, "gpu-layers", -1, "layers to offload to the GPU (-1: all)")
+	f.IntVar(&opts.threads, "threads", 0, "CPU decoding threads (0: the node's default)")
 	f.StringVar(&opts.host, "host", "127.0.0.1", "address the worker listens on")
 	f.StringVar(&opts.queenURL, "queen-url", "", "where the worker sends heartbeats")
 	f.StringVar(&opts.workerBin, "worker-bin", "",
@@ -84,13 +88,12 @@ func runSpawn(ctx context.Context, opts *spawnOptions) error {
 	if err != nil {
 		return err
 	}
-	modelPath, err := checkModel(opts.model)
+	modelPath, name, err := resolveModel(opts.app, opts.model, time.Now())
 	if err != nil {
 		return err
 	}
-	name := opts.name
-	if name == "" {
-		name = strings.TrimSuffix(filepath.Base(modelPath), ".gguf")
+	if opts.name != "" {
+		name = opts.name
 	}
 
 	st, err := openStore(true)
@@ -111,7 +114,8 @@ func runSpawn(ctx context.Context, opts *spawnOptions) error {
 	spec := workerSpec{
 		bin: bin, dir: st.dir, logPath: st.logPath(opts.id), token: token,
 		id: opts.id, modelPath: modelPath, name: name, device: opts.device,
-		slots: opts.slots, ctxSize: opts.ctxSize, host: opts.host, queenURL: opts.queenURL,
+		slots: opts.slots, ctxSize: opts.ctxSize, gpuLayers: opts.gpuLayers, threads: opts.threads,
+		host: opts.host, queenURL: opts.queenURL,
 	}
 	return spawn(ctx, opts.app, st, spec, opts.startTimeout)
 }
@@ -132,6 +136,12 @@ func (o *spawnOptions) validate() error {
 	}
 	if o.ctxSize < 0 {
 		return usageErrorf("invalid --ctx-size %d: use 0 or more", o.ctxSize)
+	}
+	if o.gpuLayers < -1 {
+		return usageErrorf("invalid --gpu-layers %d: use -1 (all) or more", o.gpuLayers)
+	}
+	if o.threads < 0 {
+		return usageErrorf("invalid --threads %d: use 0 (default) or more", o.threads)
 	}
 	if len(o.host) > 253 || !hostSyntax.MatchString(o.host) {
 		return usageErrorf("invalid --host %q: use an IP address or a host name", o.host)
@@ -249,6 +259,8 @@ type workerSpec struct {
 	device    string
 	slots     int
 	ctxSize   int
+	gpuLayers int
+	threads   int // 0: leave it to the worker's default
 	host      string
 	queenURL  string
 }
@@ -259,7 +271,7 @@ const readyFD = 3
 // argv is the worker's command line, as docs/contracts.md gives it. It
 // never holds the token, since every user can read argv in ps.
 func (s workerSpec) argv() []string {
-	return []string{
+	argv := []string{
 		workerArgv0,
 		"--id", s.id,
 		"--model", s.modelPath,
@@ -271,7 +283,12 @@ func (s workerSpec) argv() []string {
 		"--port", "0",
 		"--queen-url", s.queenURL,
 		"--ready-fd", strconv.Itoa(readyFD),
+		"--gpu-layers", strconv.Itoa(s.gpuLayers),
 	}
+	if s.threads > 0 {
+		argv = append(argv, "--threads", strconv.Itoa(s.threads))
+	}
+	return argv
 }
 
 // env is the hive's environment with the worker token set.

@@ -23,6 +23,7 @@ func newHiveCmd(root *rootOptions) *cobra.Command {
 		newHiveCheckCmd(root),
 		newHiveUninstallCmd(root),
 		newHiveRmCmd(root),
+		newHiveDevicesCmd(root),
 	)
 }
 

@@ -147,8 +147,10 @@ func newRootCmd(root *rootOptions) *cobra.Command {
 		newQueenCmd(root),
 		newWorkerCmd(root),
 		newHiveCmd(root),
+		newModelCmd(root),
 		newKeyCmd(root),
 		newInferCmd(root),
+		newWatchCmd(root),
 		newVersionCmd(root),
 	)
 	return cmd

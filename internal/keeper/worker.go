@@ -41,9 +41,14 @@ type workerSpawnOptions struct {
 	Device  string
 	Slots   int
 	CtxSize int
+	Threads int
 	NoWait  bool
 	Timeout time.Duration
 	JSON    bool
+
+	// GPULayers is sent only when given: the default offloads every layer.
+	GPULayers    int
+	HasGPULayers bool
 }
 
 func newWorkerSpawnCmd(root *rootOptions) *cobra.Command {
@@ -55,6 +60,7 @@ func newWorkerSpawnCmd(root *rootOptions) *cobra.Command {
 			"ready. A MODEL that names a file on this machine is sent as an absolute path.",
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.HasGPULayers = cmd.Flags().Changed("gpu-layers")
 			if err := opts.validate(); err != nil {
 				return err
 			}
@@ -69,6 +75,8 @@ func newWorkerSpawnCmd(root *rootOptions) *cobra.Command {
 	f.StringVar(&opts.Device, "device", "cpu", "device: cpu or cuda:N")
 	f.IntVar(&opts.Slots, "slots", 1, "requests served at once (1-64)")
 	f.IntVar(&opts.CtxSize, "ctx-size", 0, "context tokens per slot (0: the model's own, capped)")
+	f.IntVar(&opts.GPULayers, "gpu-layers", 0, "offload only this many layers to the GPU (default: all)")
+	f.IntVar(&opts.Threads, "threads", 0, "CPU decoding threads (0: the node's default)")
 	f.BoolVar(&opts.NoWait, "no-wait", false,
 		"return once the worker is started, not when it is ready")
 	f.DurationVar(&opts.Timeout, "timeout", 120*time.Second, "how long to wait until it is ready")
@@ -84,6 +92,10 @@ func (o *workerSpawnOptions) validate() error {
 		return usageErrorf("--slots must be between %d and %d, not %d", minSlots, maxSlots, o.Slots)
 	case o.CtxSize < 0:
 		return usageErrorf("--ctx-size must be 0 or more, not %d", o.CtxSize)
+	case o.HasGPULayers && o.GPULayers < 0:
+		return usageErrorf("--gpu-layers must be 0 or more, not %d", o.GPULayers)
+	case o.Threads < 0:
+		return usageErrorf("--threads must be 0 or more, not %d", o.Threads)
 	case o.Timeout <= 0:
 		return usageErrorf("--timeout must be positive, not %s", o.Timeout)
 	}
@@ -103,6 +115,10 @@ func runWorkerSpawn(ctx context.Context, opts *workerSpawnOptions) error {
 		Device:  opts.Device,
 		Slots:   opts.Slots,
 		CtxSize: opts.CtxSize,
+		Threads: opts.Threads,
+	}
+	if opts.HasGPULayers {
+		req.GPULayers = &opts.GPULayers
 	}
 	var w api.Worker
 	if err := c.do(ctx, http.MethodPost, "/v1/workers", req, &w); err != nil {

@@ -114,6 +114,8 @@ func TestRouteAccess(t *testing.T) {
 		{http.MethodGet, "/v1/hives", accessAdmin},
 		{http.MethodGet, "/v1/completions/../workers", accessAdmin},
 		{http.MethodGet, "/", accessAdmin},
+		{http.MethodGet, "/metrics", accessAdmin},
+		{http.MethodGet, "/v1/events", accessAdmin},
 	}
 	for _, tc := range tests {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
@@ -134,6 +136,7 @@ func TestAuthMiddleware(t *testing.T) {
 		{"chat completions", http.MethodPost, "/v1/chat/completions", `{}`, accessInference},
 		{"embeddings", http.MethodPost, "/v1/embeddings", `{}`, accessInference},
 		{"status", http.MethodGet, "/v1/status", "", accessAdmin},
+		{"metrics", http.MethodGet, "/metrics", "", accessAdmin},
 		{"shutdown", http.MethodPost, "/v1/shutdown", "", accessAdmin},
 		{"list workers", http.MethodGet, "/v1/workers", "", accessAdmin},
 		{"spawn worker", http.MethodPost, "/v1/workers", `{}`, accessAdmin},

@@ -123,14 +123,19 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) error
 // generate runs one generation on a worker of model and answers in a's
 // shape, streamed or whole.
 func (s *Server) generate(w http.ResponseWriter, r *http.Request, model string,
-	req api.CompletionRequest, a answer, stream, includeUsage bool) error {
+	req api.CompletionRequest, a answer, stream, includeUsage bool) (err error) {
+	start := time.Now()
+	defer func() { s.metrics.request(model, err) }()
 	resp, l, err := s.forward(r.Context(), model, "/v1/completion", req)
 	if err != nil {
 		return err
 	}
 	defer l.release()
 	defer resp.Body.Close()
-	events := httpapi.NewSSEReader(resp.Body)
+	body := &firstByte{ReadCloser: resp.Body, onFirst: func() {
+		s.metrics.ttft.WithLabelValues(model).Observe(time.Since(start).Seconds())
+	}}
+	events := httpapi.NewSSEReader(body)
 	if stream {
 		return relayStream(w, events, a, includeUsage)
 	}

@@ -50,11 +50,12 @@ func toEmbeddingInputs(req openai.EmbeddingRequest) ([]string, error) {
 	return inputs, nil
 }
 
-func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) (err error) {
 	var req openai.EmbeddingRequest
 	if err := httpapi.DecodeJSON(r, &req); err != nil {
 		return err
 	}
+	defer func() { s.metrics.request(req.Model, err) }()
 	inputs, err := toEmbeddingInputs(req)
 	if err != nil {
 		return err

@@ -47,6 +47,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if wk.State != hb.State {
 		s.log.Info("worker state changed", "worker_id", wk.ID, "from", wk.State, "to", hb.State,
 			"error", hb.Error)
+		s.workerEvent(wk.ID, wk.Hive, wk.Model, hb.State, heartbeatReason(wk.State, hb))
 	} else {
 		s.log.Debug("heartbeat", "worker_id", wk.ID, "state", hb.State)
 	}
@@ -77,4 +78,16 @@ func (s *Server) workerLost(id string) {
 		return
 	}
 	s.log.Warn("worker lost", "worker_id", id, "last_state", wk.State)
+	s.workerEvent(id, wk.Hive, wk.Model, api.WorkerLost, "no heartbeat before the deadline")
+}
+
+// heartbeatReason says why a heartbeat changed a worker's state.
+func heartbeatReason(from api.WorkerState, hb api.Heartbeat) string {
+	if hb.Error != "" {
+		return hb.Error
+	}
+	if from == api.WorkerLost {
+		return "heartbeats resumed"
+	}
+	return "reported by the worker"
 }

@@ -39,6 +39,8 @@ type hiveClient struct {
 	// local runs commands on the local hive; pool reaches every other one.
 	local sshexec.Runner
 	pool  *sshexec.Pool
+	// observe, when set, records how long each command took.
+	observe func(hive string, args []string, d time.Duration)
 
 	mu sync.Mutex
 	// verified holds the remote hives whose rbee-hive speaks our protocol,
@@ -126,7 +128,7 @@ func (c *hiveClient) run(ctx context.Context, h registry.Hive, args []string, st
 	if stdin != "" {
 		in = strings.NewReader(stdin)
 	}
-	res, err := runner.Run(ctx, c.argv(h, args...), in)
+	res, err := c.timed(ctx, runner, h, args, in)
 	if err != nil {
 		return sshError(h.Name, err)
 	}
@@ -143,6 +145,17 @@ func (c *hiveClient) run(ctx context.Context, h registry.Hive, args []string, st
 	return nil
 }
 
+// timed runs `rbee-hive args...` on h with runner, recording its latency.
+func (c *hiveClient) timed(ctx context.Context, runner sshexec.Runner, h registry.Hive,
+	args []string, stdin io.Reader) (sshexec.Result, error) {
+	start := time.Now()
+	res, err := runner.Run(ctx, c.argv(h, args...), stdin)
+	if c.observe != nil {
+		c.observe(h.Name, args, time.Since(start))
+	}
+	return res, err
+}
+
 // version runs `rbee-hive version` on h.
 func (c *hiveClient) version(ctx context.Context, h registry.Hive) (api.HiveVersion, error) {
 	var v api.HiveVersion
@@ -152,7 +165,7 @@ func (c *hiveClient) version(ctx context.Context, h registry.Hive) (api.HiveVers
 	}
 	ctx, cancel := context.WithTimeout(ctx, versionTimeout)
 	defer cancel()
-	res, err := runner.Run(ctx, c.argv(h, "version"), nil)
+	res, err := c.timed(ctx, runner, h, []string{"version"}, nil)
 	switch {
 	case err != nil:
 		return v, sshError(h.Name, err)

@@ -217,6 +217,7 @@ func (s *Server) contact(ctx context.Context, c *hiveClient, h registry.Hive) (r
 	if c == s.hives {
 		s.hives.setVerified(h.Name, err == nil)
 	}
+	s.hiveEvent(h.Name, ct.Reachable, ct.LastError)
 	return ct, v, err
 }
 

@@ -2,6 +2,7 @@ package queen
 
 import (
 	"sync"
+	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
 )
@@ -11,15 +12,17 @@ import (
 type liveStats struct {
 	mu    sync.Mutex
 	stats map[string]api.WorkerStats
+	at    map[string]time.Time // when each worker's latest heartbeat came
 }
 
 func newLiveStats() *liveStats {
-	return &liveStats{stats: map[string]api.WorkerStats{}}
+	return &liveStats{stats: map[string]api.WorkerStats{}, at: map[string]time.Time{}}
 }
 
 func (l *liveStats) record(hb api.Heartbeat) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.at[hb.WorkerID] = time.Now()
 	l.stats[hb.WorkerID] = api.WorkerStats{
 		PromptTokensPerSec: hb.PromptTokensPerSec,
 		GenTokensPerSec:    hb.GenTokensPerSec,
@@ -44,4 +47,13 @@ func (l *liveStats) remove(id string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.stats, id)
+	delete(l.at, id)
+}
+
+// latest returns a worker's latest figures and when they came.
+func (l *liveStats) latest(id string) (api.WorkerStats, time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st, ok := l.stats[id]
+	return st, l.at[id], ok
 }

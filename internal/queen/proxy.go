@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
 	"github.com/rbee-dev/rbee/internal/api/openai"
@@ -29,7 +30,9 @@ func (s *Server) forward(ctx context.Context, model, path string, body any) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode worker request: %w", err)
 	}
+	start := time.Now()
 	l, err := s.router.acquire(ctx, model)
+	s.metrics.queueWait.WithLabelValues(model).Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -48,16 +48,20 @@ type Config struct {
 
 // Server is a running queen.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	store     *registry.Store
-	tracker   *heartbeat.Tracker
-	router    *router
-	live      *liveStats
-	hives     *hiveClient
-	keys      *keyring
-	startedAt time.Time
-	queenURL  string // how workers on the local hive reach this queen
+	cfg     Config
+	log     *slog.Logger
+	store   *registry.Store
+	tracker *heartbeat.Tracker
+	router  *router
+	live    *liveStats
+	hives   *hiveClient
+	keys    *keyring
+	metrics *metrics
+	events  *eventHub
+	// pingInterval is how often event subscribers are pinged; 0: the default.
+	pingInterval time.Duration
+	startedAt    time.Time
+	queenURL     string // how workers on the local hive reach this queen
 
 	// shutdown is called by POST /v1/shutdown.
 	shutdown context.CancelFunc
@@ -80,6 +84,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		store:     store,
 		router:    newRouter(),
 		live:      newLiveStats(),
+		events:    newEventHub(),
 		hives:     &hiveClient{bin: cfg.HiveBin, local: sshexec.Local{}},
 		startedAt: time.Now(),
 		queenURL:  queenURL,
@@ -91,6 +96,8 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		}},
 	}
 	s.hives.pool = sshexec.NewPool(s.sshConfig(false))
+	s.metrics = newMetrics(s)
+	s.hives.observe = s.metrics.hiveCall
 	if cfg.QueueLimit > 0 {
 		s.router.queueLimit = cfg.QueueLimit
 	}
@@ -162,6 +169,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	summaries := make(chan struct{})
+	go func() { defer close(summaries); s.runSummaries(ctx, summaryInterval) }()
+	defer func() { <-summaries }()
+	// Event streams are hijacked connections that Shutdown does not wait
+	// for: let go of them first, with a close reason.
+	srv.RegisterOnShutdown(s.events.close)
 	s.log.Info("queen listening", "addr", ln.Addr().String(), "version", version.Version,
 		"pid", os.Getpid())
 

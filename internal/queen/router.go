@@ -106,6 +106,32 @@ func (r *router) busy(id string) int {
 	return 0
 }
 
+// routeView is a copy of one route, for readers outside the router.
+type routeView struct {
+	id, model  string
+	state      api.WorkerState
+	busy       int
+	slotsTotal int
+}
+
+// snapshot copies every route, sorted by id, and the queue depth of each
+// model.
+func (r *router) snapshot() ([]routeView, map[string]int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	routes := make([]routeView, 0, len(r.routes))
+	for _, rt := range r.routes {
+		routes = append(routes, routeView{id: rt.id, model: rt.model, state: rt.state,
+			busy: rt.busy, slotsTotal: rt.slotsTotal})
+	}
+	sort.Slice(routes, func(i, j int) bool { return routes[i].id < routes[j].id })
+	waiting := make(map[string]int, len(r.waiting))
+	for model, n := range r.waiting {
+		waiting[model] = n
+	}
+	return routes, waiting
+}
+
 // broadcast wakes every waiter to look again (a slot freed, a worker
 // changed state); callers hold mu.
 func (r *router) broadcast() {

@@ -19,10 +19,12 @@ func (s *Server) routes() http.Handler {
 	r.Use(s.authenticate) // API keys; see auth.go for which route needs which
 
 	r.Get("/health", h(s.handleHealth))
+	r.Method(http.MethodGet, "/metrics", s.metrics.handler()) // admin; see auth.go
 	r.Route("/v1", func(r chi.Router) {
 		r.Get("/status", h(s.handleStatus))
 		r.Post("/shutdown", h(s.handleShutdown))
 		r.Post("/heartbeat", h(s.handleHeartbeat))
+		r.Get("/events", h(s.handleEvents)) // WebSocket; see events.go
 
 		r.Get("/workers", h(s.handleListWorkers))
 		r.Post("/workers", h(s.handleSpawnWorker))
@@ -35,6 +37,10 @@ func (s *Server) routes() http.Handler {
 		r.Post("/hives/{name}/install", h(s.handleInstallHive))
 		r.Post("/hives/{name}/check", h(s.handleCheckHive))
 		r.Post("/hives/{name}/uninstall", h(s.handleUninstallHive))
+		r.Get("/hives/{name}/devices", h(s.handleHiveDevices))
+		r.Get("/hives/{name}/models", h(s.handleListHiveModels))
+		r.Delete("/hives/{name}/models/{model}", h(s.handleDeleteHiveModel))
+		r.Post("/models/download", h(s.handleDownloadModel))
 
 		r.Get("/keys", h(s.handleListKeys))
 		r.Post("/keys", h(s.handleCreateKey))

@@ -109,6 +109,12 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if req.Slots < 1 || req.Slots > maxSlots {
 		return spawnPlan{}, httpapi.BadRequest("slots", "slots must be between 1 and %d, got %d", maxSlots, req.Slots)
 	}
+	if req.GPULayers != nil && *req.GPULayers < 0 {
+		return spawnPlan{}, httpapi.BadRequest("gpu_layers", "gpu_layers must be 0 or more, got %d", *req.GPULayers)
+	}
+	if req.Threads < 0 {
+		return spawnPlan{}, httpapi.BadRequest("threads", "threads must be 0 (the node's default) or more, got %d", req.Threads)
+	}
 	if req.CtxSize < 0 {
 		return spawnPlan{}, httpapi.BadRequest("ctx_size", "ctx_size must be 0 (the model's) or more, got %d", req.CtxSize)
 	}
@@ -146,14 +152,24 @@ func (s *Server) spawn(ctx context.Context, p spawnPlan) (registry.Worker, error
 	}
 	log := s.log.With("worker_id", wk.ID, "hive", wk.Hive, "model", wk.Model)
 	log.Info("spawning worker", "device", wk.Device, "slots", wk.Slots)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStarting, "spawn requested")
 
 	args := []string{"worker", "spawn", "--id", wk.ID, "--model", wk.ModelPath,
 		"--name", wk.Model, "--device", wk.Device, "--slots", strconv.Itoa(wk.Slots),
 		"--ctx-size", strconv.Itoa(wk.CtxSize), "--host", p.hive.Host, "--queen-url", s.queenURLFor(p.hive)}
+	// Not kept in the registry: a worker started again later gets the defaults.
+	if p.req.GPULayers != nil {
+		args = append(args, "--gpu-layers", strconv.Itoa(*p.req.GPULayers))
+	}
+	if p.req.Threads > 0 {
+		args = append(args, "--threads", strconv.Itoa(p.req.Threads))
+	}
 	var res api.SpawnResult
 	if err := s.hives.run(ctx, p.hive, args, wk.Token+"\n", &res); err != nil {
 		log.Warn("spawn failed", "error", err)
-		_ = s.store.SetState(context.WithoutCancel(ctx), wk.ID, api.WorkerFailed, httpapi.AsError(err).Message)
+		reason := httpapi.AsError(err).Message
+		_ = s.store.SetState(context.WithoutCancel(ctx), wk.ID, api.WorkerFailed, reason)
+		s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerFailed, reason)
 		return wk, err
 	}
 	if err := s.store.SetSpawned(ctx, wk.ID, res.PID, res.URL, res.LogPath); err != nil {
@@ -162,6 +178,8 @@ func (s *Server) spawn(ctx context.Context, p spawnPlan) (registry.Worker, error
 	// The worker may have heartbeated already; only move starting forward.
 	if cur, err := s.store.Worker(ctx, wk.ID); err == nil && cur.State == api.WorkerStarting {
 		_ = s.store.SetState(ctx, wk.ID, api.WorkerLoading, "")
+		s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerLoading,
+			"started on the hive, pid "+strconv.Itoa(res.PID))
 	}
 	s.router.add(wk.ID, wk.Model, res.URL, wk.Token, wk.Slots)
 	s.tracker.Arm(wk.ID)
@@ -192,12 +210,21 @@ func (s *Server) handleStopWorker(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	s.log.Info("worker stopped", "worker_id", wk.ID, "outcome", res.Outcome)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStopped, stopReason(res.Outcome))
 	wk, err = s.worker(ctx, wk.ID)
 	if err != nil {
 		return err
 	}
 	httpapi.WriteJSON(w, http.StatusOK, s.public(wk))
 	return nil
+}
+
+// stopReason says how a stop on request ended.
+func stopReason(outcome string) string {
+	if outcome == "" {
+		return "stopped on request"
+	}
+	return "stopped on request (" + outcome + ")"
 }
 
 // forget drops a worker from routing and deadline tracking.

@@ -38,6 +38,7 @@ type worker struct {
 
 	inflight sync.WaitGroup
 	rates    rateMeter
+	metrics  *workerMetrics // made by routes
 }
 
 func (w *worker) setState(state api.WorkerState, errText string) {
@@ -53,10 +54,21 @@ func (w *worker) snapshot() (api.WorkerState, string, *engine.Engine) {
 }
 
 func (w *worker) routes() http.Handler {
+	w.metrics = newWorkerMetrics(w)
+	m := w.metrics
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", httpapi.Handle(w.log, w.handleHealth))
-	mux.HandleFunc("POST /v1/completion", httpapi.Handle(w.log, w.requireToken(w.handleCompletion)))
-	mux.HandleFunc("POST /v1/embedding", httpapi.Handle(w.log, w.requireToken(w.handleEmbedding)))
+	mux.HandleFunc("POST /v1/completion", httpapi.Handle(w.log,
+		w.requireToken(m.count("completion", w.handleCompletion))))
+	mux.HandleFunc("POST /v1/embedding", httpapi.Handle(w.log,
+		w.requireToken(m.count("embedding", w.handleEmbedding))))
+	// Metrics need the token too: a worker port reached directly is not
+	// an open door, and the queen's /metrics is the fleet-wide view.
+	mux.Handle("GET /metrics", httpapi.Handle(w.log, w.requireToken(
+		func(rw http.ResponseWriter, r *http.Request) error {
+			m.handler().ServeHTTP(rw, r)
+			return nil
+		})))
 	mux.HandleFunc("/", httpapi.Handle(w.log, func(http.ResponseWriter, *http.Request) error {
 		return httpapi.NotFound("not_found", "no such route; see docs/contracts.md")
 	}))
@@ -106,6 +118,7 @@ func (w *worker) readyEngine() (*engine.Engine, error) {
 }
 
 func (w *worker) handleCompletion(rw http.ResponseWriter, r *http.Request) error {
+	first := &firstText{start: time.Now(), h: w.metrics.ttft}
 	eng, err := w.readyEngine()
 	if err != nil {
 		return err
@@ -135,9 +148,9 @@ func (w *worker) handleCompletion(rw http.ResponseWriter, r *http.Request) error
 		return submitError(err)
 	}
 	if req.Stream {
-		return w.streamCompletion(rw, r.Context(), stream)
+		return w.streamCompletion(rw, r.Context(), stream, first)
 	}
-	return collectCompletion(rw, r.Context(), stream)
+	return collectCompletion(rw, r.Context(), stream, first)
 }
 
 // toEngineRequest validates a request, naming the field at fault.
@@ -199,7 +212,8 @@ func submitError(err error) error {
 	return err
 }
 
-func (w *worker) streamCompletion(rw http.ResponseWriter, ctx context.Context, stream *engine.Stream) error {
+func (w *worker) streamCompletion(rw http.ResponseWriter, ctx context.Context,
+	stream *engine.Stream, first *firstText) error {
 	sse := httpapi.NewSSEWriter(rw)
 	for {
 		text, result, err := stream.Next(ctx)
@@ -207,6 +221,7 @@ func (w *worker) streamCompletion(rw http.ResponseWriter, ctx context.Context, s
 			return nil // the client left; the engine frees the slot at its next step
 		}
 		if text != "" {
+			first.seen()
 			if err := sse.Event(api.CompletionEvent{Text: text}); err != nil {
 				return nil
 			}
@@ -220,12 +235,16 @@ func (w *worker) streamCompletion(rw http.ResponseWriter, ctx context.Context, s
 	}
 }
 
-func collectCompletion(rw http.ResponseWriter, ctx context.Context, stream *engine.Stream) error {
+func collectCompletion(rw http.ResponseWriter, ctx context.Context, stream *engine.Stream,
+	first *firstText) error {
 	var all strings.Builder
 	for {
 		text, result, err := stream.Next(ctx)
 		if err != nil {
 			return nil
+		}
+		if text != "" {
+			first.seen()
 		}
 		all.WriteString(text)
 		if result != nil {

@@ -1,0 +1,108 @@
+package queen
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gotest.tools/v3/assert"
+
+	"github.com/rbee-dev/rbee/internal/api"
+)
+
+// fakeHiveScript writes a shell script standing in for rbee-hive.
+func fakeHiveScript(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "rbee-hive")
+	assert.NilError(t, os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755))
+	return path
+}
+
+func TestDownloadModelRelaysProgress(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		want   []string // event of each SSE event
+		check  func(t *testing.T, last api.DownloadEvent)
+	}{
+		{
+			name: "done",
+			script: `echo '{"event":"progress","bytes":5,"total":10,"rate":1}'
+echo '{"event":"progress","bytes":10,"total":10,"rate":2}'
+echo '{"name":"tiny","file":"tiny.gguf","source":"'"$3"'","size":10,"sha256":"ab"}'
+`,
+			want: []string{"progress", "progress", "done"},
+			check: func(t *testing.T, last api.DownloadEvent) {
+				assert.Equal(t, last.Model.Name, "tiny")
+				assert.Equal(t, last.Model.Source, "hf:org/repo/tiny.gguf")
+			},
+		},
+		{
+			name: "hive error",
+			script: `echo '{"event":"progress","bytes":5,"total":10,"rate":1}'
+echo '{"error":"download hf:org/repo/tiny.gguf: no such file (404)"}'
+exit 3
+`,
+			want: []string{"progress", "error"},
+			check: func(t *testing.T, last api.DownloadEvent) {
+				assert.Equal(t, last.Error.Code, "not_found")
+				assert.Assert(t, strings.Contains(last.Error.Message, "no such file (404)"))
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, ts := newTestServer(t)
+			s.hives.bin = fakeHiveScript(t, tc.script)
+
+			resp, err := http.Post(ts.URL+"/v1/models/download", "application/json",
+				strings.NewReader(`{"hive":"localhost","ref":"hf:org/repo/tiny.gguf"}`))
+			assert.NilError(t, err)
+			defer resp.Body.Close()
+			assert.Equal(t, resp.StatusCode, http.StatusOK)
+			assert.Equal(t, resp.Header.Get("Content-Type"), "text/event-stream")
+
+			var got []string
+			var last api.DownloadEvent
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				data, ok := strings.CutPrefix(sc.Text(), "data: ")
+				if !ok {
+					continue
+				}
+				last = api.DownloadEvent{}
+				assert.NilError(t, json.Unmarshal([]byte(data), &last))
+				got = append(got, last.Event)
+			}
+			assert.DeepEqual(t, got, tc.want)
+			tc.check(t, last)
+		})
+	}
+}
+
+func TestDownloadModelBadRequest(t *testing.T) {
+	_, ts := newTestServer(t)
+	tests := []struct {
+		name       string
+		body       string
+		wantStatus int
+	}{
+		{name: "no hive", body: `{"ref":"hf:a/b/c.gguf"}`, wantStatus: http.StatusBadRequest},
+		{name: "no ref", body: `{"hive":"localhost"}`, wantStatus: http.StatusBadRequest},
+		{name: "unknown hive", body: `{"hive":"nope","ref":"hf:a/b/c.gguf"}`,
+			wantStatus: http.StatusNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := http.Post(ts.URL+"/v1/models/download", "application/json",
+				strings.NewReader(tc.body))
+			assert.NilError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, resp.StatusCode, tc.wantStatus)
+		})
+	}
+}
