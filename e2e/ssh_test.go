@@ -29,9 +29,9 @@ type sshHive struct {
 // outlive sshd, as they would a dropped SSH connection), and prints their
 // logs when the test failed. Call it before newCluster, so that the queen
 // stops first.
-func startSSHHive(t *testing.T, name, addr string) *sshHive {
+func startSSHHive(t *testing.T, name, addr string, opts ...sshtest.Option) *sshHive {
 	t.Helper()
-	h := &sshHive{name: name, server: sshtest.StartServer(t, addr)}
+	h := &sshHive{name: name, server: sshtest.StartServer(t, addr, opts...)}
 	t.Cleanup(func() {
 		dir := filepath.Join(h.server.Home, ".local", "state", "rbee", "workers")
 		records, _ := filepath.Glob(filepath.Join(dir, "*.json"))

@@ -102,7 +102,7 @@ type WorkerList struct {
 type SpawnRequest struct {
 	Model   string `json:"model"`          // path to a GGUF file on the hive
 	Name    string `json:"name,omitempty"` // routing name; default: file name without .gguf
-	Hive    string `json:"hive,omitempty"` // default: localhost
+	Hive    string `json:"hive,omitempty"` // empty: placed by the queen (a path: localhost)
 	Device  string `json:"device,omitempty"`
 	Slots   int    `json:"slots,omitempty"`
 	CtxSize int    `json:"ctx_size,omitempty"` // context per slot; 0: the model's own, capped

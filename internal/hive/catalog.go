@@ -258,7 +258,7 @@ func describeGGUF(path string, m *api.Model) error {
 	}
 	arch := gf.Architecture()
 	m.ContextLength = arch.MaximumContextLength
-	m.MemoryEstimate = estimateMemory(gf, contextFor(m.ContextLength, 0), 1)
+	m.MemoryEstimate = estimateMemory(gf, contextFor(m.ContextLength, 0), 1, -1)
 	return nil
 }
 
@@ -275,11 +275,12 @@ func contextFor(trained uint64, ctx int) int {
 }
 
 // estimateMemory asks gguf-parser-go what llama.cpp needs for ctx tokens of
-// context in each of slots slots: all layers on the CPU, and all on one GPU.
+// context in each of slots slots: all layers on the CPU, and gpuLayers
+// layers (-1: all) on one GPU.
 //
 // Shortcoming: it is the parser's estimate, not a measurement; the worker
 // (llama.cpp v0.6.5 through ollama) may differ by some percent.
-func estimateMemory(gf *parser.GGUFFile, ctx, slots int) api.MemoryEstimate {
+func estimateMemory(gf *parser.GGUFFile, ctx, slots, gpuLayers int) api.MemoryEstimate {
 	est := api.MemoryEstimate{Context: ctx, Slots: slots}
 	opts := []parser.GGUFRunEstimateOption{
 		parser.WithLLaMACppContextSize(int32(ctx * slots)),
@@ -289,6 +290,9 @@ func estimateMemory(gf *parser.GGUFFile, ctx, slots int) api.MemoryEstimate {
 		SummarizeItem(true, 0, 0)
 	est.CPURAM = uint64(cpu.RAM.NonUMA)
 
+	if gpuLayers >= 0 {
+		opts = append(opts, parser.WithLLaMACppOffloadLayers(uint64(gpuLayers)))
+	}
 	gpu := gf.EstimateLLaMACppRun(opts...).SummarizeItem(true, 0, 0)
 	est.GPURAM = uint64(gpu.RAM.NonUMA)
 	for _, v := range gpu.VRAMs {

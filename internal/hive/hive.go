@@ -14,7 +14,8 @@
 //	                    model that is not a regular GGUF file, a worker id that
 //	                    is already running
 //	3 HiveExitNotFound  the model file, or the worker id to stop, does not exist
-//	4 HiveExitNoFit     not used yet (device checks come with the catalog)
+//	4 HiveExitNoFit     the model needs more memory than the device has free, or
+//	                    the GPU asked for is absent (worker spawn)
 //
 // --help prints to stderr and leaves stdout empty.
 package hive

@@ -95,6 +95,9 @@ func runSpawn(ctx context.Context, opts *spawnOptions) error {
 	if opts.name != "" {
 		name = opts.name
 	}
+	if err := checkSpawnFit(ctx, opts, modelPath, name); err != nil {
+		return err
+	}
 
 	st, err := openStore(true)
 	if err != nil {

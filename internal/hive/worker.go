@@ -29,7 +29,7 @@ func newWorkerCmd(a *app) *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE:  groupRunE,
 	}
-	cmd.AddCommand(newSpawnCmd(a), newListCmd(a), newStopCmd(a))
+	cmd.AddCommand(newSpawnCmd(a), newListCmd(a), newStopCmd(a), newLogsCmd(a))
 	return cmd
 }
 

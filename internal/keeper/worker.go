@@ -29,6 +29,7 @@ func newWorkerCmd(root *rootOptions) *cobra.Command {
 		newWorkerSpawnCmd(root),
 		newWorkerListCmd(root),
 		newWorkerStopCmd(root),
+		newWorkerLogsCmd(root),
 	)
 }
 
@@ -71,7 +72,9 @@ func newWorkerSpawnCmd(root *rootOptions) *cobra.Command {
 	f.StringVarP(&opts.Model, "model", "m", "", "GGUF model file on the hive (required)")
 	f.StringVar(&opts.Name, "name", "",
 		"name clients use to reach it (default: file name without .gguf)")
-	f.StringVar(&opts.Hive, "hive", "localhost", "hive to run the worker on")
+	f.StringVar(&opts.Hive, "hive", "",
+		"hive to run the worker on (default: the queen picks one that holds the model and "+
+			"has room; localhost for a file on this machine)")
 	f.StringVar(&opts.Device, "device", "cpu", "device: cpu or cuda:N")
 	f.IntVar(&opts.Slots, "slots", 1, "requests served at once (1-64)")
 	f.IntVar(&opts.CtxSize, "ctx-size", 0, "context tokens per slot (0: the model's own, capped)")
@@ -108,10 +111,11 @@ func runWorkerSpawn(ctx context.Context, opts *workerSpawnOptions) error {
 		return err
 	}
 
+	model, hive := localModelPath(opts.Model, opts.Hive)
 	req := api.SpawnRequest{
-		Model:   localModelPath(opts.Model, opts.Hive),
+		Model:   model,
 		Name:    opts.Name,
-		Hive:    opts.Hive,
+		Hive:    hive,
 		Device:  opts.Device,
 		Slots:   opts.Slots,
 		CtxSize: opts.CtxSize,
@@ -140,25 +144,26 @@ func runWorkerSpawn(ctx context.Context, opts *workerSpawnOptions) error {
 	return printWorkers(opts.root, []api.Worker{w})
 }
 
-// localModelPath returns model as an absolute path when it names a file on
-// this machine and the hive is the local one; otherwise model unchanged,
-// for the hive to resolve.
+// localModelPath returns model as an absolute path, and the localhost hive
+// when none is given, when model names a file on this machine and the hive
+// is (or defaults to) the local one; otherwise both unchanged, for the
+// queen to place and the hive to resolve.
 //
 // Shortcoming: "local" assumes the keeper runs on the queen's machine,
 // which is where the localhost hive lives.
-func localModelPath(model, hive string) string {
+func localModelPath(model, hive string) (string, string) {
 	if hive != "" && hive != "localhost" {
-		return model
+		return model, hive
 	}
 	fi, err := os.Stat(model)
 	if err != nil || !fi.Mode().IsRegular() {
-		return model
+		return model, hive
 	}
 	abs, err := filepath.Abs(model)
 	if err != nil {
-		return model
+		return model, hive
 	}
-	return abs
+	return abs, "localhost"
 }
 
 // waitReady polls the worker until it is ready, has ended, or the

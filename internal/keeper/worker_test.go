@@ -278,8 +278,9 @@ func TestWorkerSpawnRequest(t *testing.T) {
 		"--device", "cuda:1", "--slots", "4", "--ctx-size", "2048", "--queen-url", srv.URL)
 	assert.Equal(t, res.code, exitOK, res.stderr)
 	req, _ := q.seen()
+	// No --hive and no local file: the hive is left for the queen to pick.
 	assert.DeepEqual(t, req, api.SpawnRequest{
-		Model: "hf:org/repo/tiny.gguf", Name: "tiny", Hive: "localhost",
+		Model: "hf:org/repo/tiny.gguf", Name: "tiny",
 		Device: "cuda:1", Slots: 4, CtxSize: 2048,
 	})
 }
@@ -307,22 +308,27 @@ func TestLocalModelPath(t *testing.T) {
 	assert.NilError(t, err)
 
 	tests := []struct {
-		name  string
-		model string
-		hive  string
-		want  string
+		name     string
+		model    string
+		hive     string
+		want     string
+		wantHive string
 	}{
-		{"relative local file", rel, "localhost", file},
-		{"absolute local file", file, "localhost", file},
-		{"no hive named", rel, "", file},
-		{"remote hive", rel, "gpu2", rel},
-		{"hugging face ref", "hf:org/repo/tiny.gguf", "localhost", "hf:org/repo/tiny.gguf"},
-		{"missing file", "nope.gguf", "localhost", "nope.gguf"},
-		{"directory", dir, "localhost", dir},
+		{"relative local file", rel, "localhost", file, "localhost"},
+		{"absolute local file", file, "localhost", file, "localhost"},
+		{"no hive named, local file", rel, "", file, "localhost"},
+		{"no hive named, catalog name", "tiny", "", "tiny", ""},
+		{"remote hive", rel, "gpu2", rel, "gpu2"},
+		{"hugging face ref", "hf:org/repo/tiny.gguf", "localhost", "hf:org/repo/tiny.gguf",
+			"localhost"},
+		{"missing file", "nope.gguf", "localhost", "nope.gguf", "localhost"},
+		{"directory", dir, "localhost", dir, "localhost"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, localModelPath(tc.model, tc.hive), tc.want)
+			model, hive := localModelPath(tc.model, tc.hive)
+			assert.Equal(t, model, tc.want)
+			assert.Equal(t, hive, tc.wantHive)
 		})
 	}
 }

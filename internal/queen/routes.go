@@ -30,6 +30,7 @@ func (s *Server) routes() http.Handler {
 		r.Post("/workers", h(s.handleSpawnWorker))
 		r.Get("/workers/{id}", h(s.handleGetWorker))
 		r.Delete("/workers/{id}", h(s.handleStopWorker))
+		r.Get("/workers/{id}/logs", h(s.handleWorkerLogs)) // streams; see logs.go
 
 		r.Get("/hives", h(s.handleListHives))
 		r.Post("/hives", h(s.handleAddHive))

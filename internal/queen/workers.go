@@ -97,11 +97,23 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if strings.TrimSpace(req.Model) == "" {
 		return spawnPlan{}, httpapi.BadRequest("model", "model is required: the path of a GGUF file on the hive")
 	}
-	if req.Hive == "" {
-		req.Hive = defaultHive
-	}
 	if req.Device == "" {
 		req.Device = "cpu"
+	}
+	if needsPlacement(req) {
+		reports, err := s.hiveReports(ctx)
+		if err != nil {
+			return spawnPlan{}, err
+		}
+		p, err := placeWorker(req.Model, req.Device, reports)
+		if err != nil {
+			return spawnPlan{}, err
+		}
+		s.log.Info("placed worker", "hive", p.hive, "device", p.device, "model", req.Model)
+		req.Hive, req.Device = p.hive, p.device
+	}
+	if req.Hive == "" {
+		req.Hive = defaultHive
 	}
 	if req.Slots == 0 {
 		req.Slots = 1

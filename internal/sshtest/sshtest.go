@@ -55,6 +55,7 @@ type Server struct {
 	HostPublicKey ssh.PublicKey
 
 	t           testing.TB
+	env         []string // KEY=VALUE pairs added to every session's environment
 	dir         string
 	configPath  string
 	hostKeyPath string
@@ -65,11 +66,21 @@ type Server struct {
 	done chan struct{} // closed once cmd has been waited for
 }
 
+// Option changes how StartServer sets a server up.
+type Option func(*Server)
+
+// WithEnv sets KEY=VALUE pairs in the environment of every session on the
+// server (sshd_config SetEnv), as a host's own configuration would: e.g.
+// HF_ENDPOINT for a hive that downloads from a test server.
+func WithEnv(kv ...string) Option {
+	return func(s *Server) { s.env = append(s.env, kv...) }
+}
+
 // StartServer starts sshd on addr (a loopback address such as 127.0.0.2) and
 // a free port, and stops it, with every session it started, when the test
 // ends. The server's log is printed only if the test failed. A machine
 // without sshd fails the test with a hint on how to install it.
-func StartServer(t testing.TB, addr string) *Server {
+func StartServer(t testing.TB, addr string, opts ...Option) *Server {
 	t.Helper()
 	version := sshdVersion(t)
 	me, err := user.Current()
@@ -89,6 +100,9 @@ func StartServer(t testing.TB, addr string) *Server {
 		configPath:    filepath.Join(dir, "sshd_config"),
 		hostKeyPath:   filepath.Join(dir, "ssh_host_ed25519_key"),
 		logPath:       filepath.Join(dir, "sshd.log"),
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	if err := os.Mkdir(s.Home, 0o700); err != nil {
 		t.Fatalf("sshtest: %v", err)
@@ -293,7 +307,7 @@ func (s *Server) writeConfig(t testing.TB, authorizedKeys string, version [2]int
 		// One decoding thread per worker: tests run several CPU workers
 		// on a small machine, and llama.cpp's spinning threads must not
 		// outnumber its cores.
-		fmt.Sprintf("SetEnv \"HOME=%s\" RBEE_WORKER_THREADS=1", s.Home),
+		fmt.Sprintf("SetEnv \"HOME=%s\" RBEE_WORKER_THREADS=1%s", s.Home, s.setEnvExtra()),
 		"AllowUsers " + s.User,
 		"UsePAM no",
 		"StrictModes no",
@@ -314,6 +328,15 @@ func (s *Server) writeConfig(t testing.TB, authorizedKeys string, version [2]int
 	if err := os.WriteFile(s.configPath, []byte(data), 0o600); err != nil {
 		t.Fatalf("sshtest: write sshd_config: %v", err)
 	}
+}
+
+// setEnvExtra is the SetEnv words for the WithEnv pairs, each quoted.
+func (s *Server) setEnvExtra() string {
+	var b strings.Builder
+	for _, kv := range s.env {
+		fmt.Fprintf(&b, " %q", kv)
+	}
+	return b.String()
 }
 
 func (s *Server) readLog() string {

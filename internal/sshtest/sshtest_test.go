@@ -17,8 +17,10 @@ import (
 
 func TestServerSession(t *testing.T) {
 	t.Parallel()
-	servers := []*Server{StartServer(t, "127.0.0.2"), StartServer(t, "127.0.0.3")}
+	servers := []*Server{StartServer(t, "127.0.0.2", WithEnv("RBEE_TEST_EXTRA=with env")),
+		StartServer(t, "127.0.0.3")}
 	assert.Assert(t, servers[0].Home != servers[1].Home)
+	extra := map[*Server]string{servers[0]: "with env\n", servers[1]: "\n"}
 
 	for _, s := range servers {
 		tests := []struct {
@@ -30,6 +32,7 @@ func TestServerSession(t *testing.T) {
 		}{
 			{name: "HOME is the server's own", command: "echo $HOME", want: s.Home + "\n"},
 			{name: "logs in as the current user", command: "id -un", want: s.User + "\n"},
+			{name: "WithEnv is set", command: `echo "$RBEE_TEST_EXTRA"`, want: extra[s]},
 			{
 				name:     "stderr and exit code",
 				command:  "echo oops >&2; exit 3",

@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/internal/testenv"
+)
+
+// fakeHF plays Hugging Face's resolve endpoint for one file: a redirect to
+// a CDN path carrying X-Linked-Etag (the sha256) and X-Linked-Size, then
+// the bytes, with Range honoured.
+func fakeHF(t *testing.T, repo, file string, data []byte) *httptest.Server {
+	t.Helper()
+	sum := sha256.Sum256(data)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /"+repo+"/resolve/main/"+file, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Linked-Etag", `"`+hex.EncodeToString(sum[:])+`"`)
+		w.Header().Set("X-Linked-Size", strconv.Itoa(len(data)))
+		w.Header().Set("X-Repo-Commit", strings.Repeat("ab", 20))
+		http.Redirect(w, r, "/cdn/"+file, http.StatusFound)
+	})
+	mux.HandleFunc("GET /cdn/"+file, func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, file, time.Time{}, strings.NewReader(string(data)))
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestDownloadThenPlace downloads a model onto one of two remote hives and
+// spawns it without --hive: the queen places it on the hive that holds it.
+func TestDownloadThenPlace(t *testing.T) {
+	model := findModelBytes(t)
+	hf := fakeHF(t, "org/repo", "stories260K.gguf", model)
+	// The hive reads HF_ENDPOINT from its own environment, set here as a
+	// host's sshd or login configuration would set it.
+	env := sshtest.WithEnv("HF_ENDPOINT=" + hf.URL)
+	hives := []*sshHive{startSSHHive(t, "h1", "127.0.0.2", env),
+		startSSHHive(t, "h2", "127.0.0.3", env)}
+	c := newCluster(t, clusterOptions{advertise: true, heartbeatInterval: 300 * time.Millisecond})
+	for _, h := range hives {
+		c.addHive(h)
+		c.installHive(h.name)
+	}
+
+	out, errOut, code := c.rbee("model", "download", "hf:org/repo/stories260K.gguf",
+		"--hive", "h1", "--json")
+	assert.Equal(t, code, 0, errOut)
+	assert.Assert(t, is.Contains(errOut, "hf:org/repo/stories260K.gguf: "+
+		strconv.Itoa(len(model))+"/"+strconv.Itoa(len(model))+" bytes"))
+	var m api.Model
+	assert.NilError(t, json.Unmarshal([]byte(out), &m))
+	assert.Equal(t, m.Name, "stories260K")
+	assert.Equal(t, m.Size, int64(len(model)))
+	assert.Assert(t, m.MemoryEstimate.CPURAM > 0)
+
+	var listed map[string][]api.Model
+	assert.NilError(t, json.Unmarshal([]byte(c.mustRbee("model", "list", "--json")), &listed))
+	assert.Equal(t, len(listed["h1"]), 1)
+	assert.Equal(t, len(listed["h2"]), 0)
+
+	var w api.Worker
+	out = c.mustRbee("worker", "spawn", "-m", "stories260K", "--json")
+	assert.NilError(t, json.Unmarshal([]byte(out), &w))
+	assert.Equal(t, w.Hive, "h1")
+	assert.Equal(t, w.Device, "cpu")
+	assert.Equal(t, w.State, api.WorkerReady)
+	assert.Assert(t, len(strings.TrimSpace(c.complete("stories260K"))) > 0)
+
+	t.Run("no hive holds the model", func(t *testing.T) {
+		_, errOut, code := c.rbee("worker", "spawn", "-m", "absent")
+		assert.Equal(t, code, 1)
+		for _, want := range []string{`no hive can run model "absent"`,
+			`h1: no model "absent" in its catalog`, `h2: no model "absent"`,
+			`localhost: no model "absent"`} {
+			assert.Check(t, is.Contains(errOut, want))
+		}
+	})
+	t.Run("the hive refuses a spawn that does not fit", func(t *testing.T) {
+		_, errOut, code := c.rbee("worker", "spawn", "-m", "stories260K", "--hive", "h1",
+			"--ctx-size", strconv.Itoa(1<<24), "--slots", "64", "--no-wait")
+		assert.Equal(t, code, 1)
+		assert.Check(t, is.Contains(errOut, "of RAM, but only"))
+	})
+
+	c.mustRbee("worker", "stop", w.ID)
+	assert.Equal(t, c.worker(w.ID).State, api.WorkerStopped)
+}
+
+// findModelBytes reads the test model (stories260K, or the generated one).
+func findModelBytes(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile(testenv.FindModel(t).Path)
+	assert.NilError(t, err)
+	return data
+}
