@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"errors"
+	"net"
+	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -8,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
+	"gotest.tools/v3/poll"
 
 	"github.com/rbee-dev/rbee/internal/api"
 )
@@ -68,4 +73,55 @@ func TestEventsFollowAWorkerFromSpawnToLost(t *testing.T) {
 		}
 	}
 	assert.DeepEqual(t, got, want)
+}
+
+// tinyReceiveWindow dials with a small socket receive buffer, so that a
+// client that reads nothing soon stops the queen's writes to it.
+func tinyReceiveWindow() *websocket.Dialer {
+	d := &net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
+		var serr error
+		err := raw.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	return &websocket.Dialer{NetDialContext: d.DialContext, ReadBufferSize: 1024}
+}
+
+func TestEventsDropASlowConsumerAndKeepServing(t *testing.T) {
+	// A tiny buffer and a fast summary fill a stuck consumer quickly.
+	c := newCluster(t, clusterOptions{heartbeatInterval: 300 * time.Millisecond,
+		eventBuffer: 4, summaryInterval: 100 * time.Microsecond})
+	w := c.spawn()
+	conn := c.dialEvents(t, tinyReceiveWindow())
+
+	// The client reads nothing until the queen has let go of it.
+	poll.WaitOn(t, func(poll.LogT) poll.Result {
+		if strings.Contains(c.queenLog.String(), "event subscriber dropped") {
+			return poll.Success()
+		}
+		return poll.Continue("the queen still holds the slow consumer")
+	}, poll.WithTimeout(2*time.Minute), poll.WithDelay(50*time.Millisecond))
+
+	// The queen answers while its write to the consumer is stuck.
+	status, body := c.postJSON("/v1/completions",
+		`{"model":"`+w.Model+`","prompt":"Once upon a time","max_tokens":8}`)
+	assert.Equal(t, status, http.StatusOK, string(body))
+
+	// Reading now drains what was sent and ends with the close reason.
+	assert.NilError(t, conn.SetReadDeadline(time.Now().Add(time.Minute)))
+	for {
+		_, _, err := conn.NextReader()
+		if err == nil {
+			continue
+		}
+		var closed *websocket.CloseError
+		assert.Assert(t, errors.As(err, &closed), "the stream ended without a close: %v", err)
+		assert.Check(t, is.Equal(closed.Code, websocket.ClosePolicyViolation))
+		assert.Check(t, is.Contains(closed.Text, "slow consumer"))
+		break
+	}
 }

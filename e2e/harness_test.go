@@ -110,6 +110,10 @@ type clusterOptions struct {
 	// advertise passes the queen's own URL as --advertise-url, so that
 	// workers on the sshtest hives (127.0.0.2, .3) reach it.
 	advertise bool
+	// eventBuffer and summaryInterval set the queen's hidden flags of the
+	// same names (slow-consumer tests).
+	eventBuffer     int
+	summaryInterval time.Duration
 }
 
 // newCluster starts queen-rbee directly (so tests pick its flags) with a
@@ -143,6 +147,12 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 	}
 	if opts.advertise {
 		args = append(args, "--advertise-url", c.url)
+	}
+	if opts.eventBuffer > 0 {
+		args = append(args, "--event-buffer", strconv.Itoa(opts.eventBuffer))
+	}
+	if opts.summaryInterval > 0 {
+		args = append(args, "--summary-interval", opts.summaryInterval.String())
 	}
 	c.startQueen(args)
 	t.Cleanup(c.stop)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs what rbee's tests need from Debian packages
 # and is safe to run again: today that is OpenSSH (sshd for the tests' own
-# servers, ssh-keygen for their keys). It never starts the system sshd.
+# servers, ssh-keygen for their keys) and Chromium (the dashboard's browser
+# test). It never starts the system sshd.
 set -euo pipefail
 
 packages=()
 [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || packages+=(openssh-client)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 
 if [ "${#packages[@]}" -eq 0 ]; then
 	echo "install-test-deps: nothing to install" >&2

@@ -23,7 +23,8 @@ const (
 func routeAccess(method, path string) access {
 	switch {
 	case method == http.MethodGet && path == "/health",
-		method == http.MethodPost && path == "/v1/heartbeat":
+		method == http.MethodPost && path == "/v1/heartbeat",
+		method == http.MethodGet && isDashboardPath(path):
 		return accessPublic
 	}
 	switch path {
@@ -60,6 +61,9 @@ func (s *Server) authorize(r *http.Request) error {
 	}
 
 	token, ok := bearerToken(r.Header.Get("Authorization"))
+	if !ok && r.URL.Path == "/v1/events" {
+		token, ok = subprotocolKey(r) // browsers cannot set headers on a WebSocket
+	}
 	if !ok {
 		return httpapi.Unauthorized("missing API key: send the header " +
 			"`Authorization: Bearer KEY`. " + howToGetKey)

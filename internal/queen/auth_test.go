@@ -113,7 +113,8 @@ func TestRouteAccess(t *testing.T) {
 		{http.MethodPost, "/v1/shutdown", accessAdmin},
 		{http.MethodGet, "/v1/hives", accessAdmin},
 		{http.MethodGet, "/v1/completions/../workers", accessAdmin},
-		{http.MethodGet, "/", accessAdmin},
+		{http.MethodGet, "/", accessPublic}, // the dashboard page
+		{http.MethodGet, "/nope", accessAdmin},
 		{http.MethodGet, "/metrics", accessAdmin},
 		{http.MethodGet, "/v1/events", accessAdmin},
 	}

@@ -3,8 +3,10 @@ package queen
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,11 +17,12 @@ import (
 
 // Event stream limits.
 const (
-	// eventBuffer is how many events a subscriber may fall behind before
-	// it is dropped: the queen never waits for a slow consumer.
-	eventBuffer = 256
-	// summaryInterval is how often the summary event goes out.
-	summaryInterval = 2 * time.Second
+	// defaultEventBuffer is how many events a subscriber may fall behind
+	// before it is dropped (--event-buffer): the queen never waits for a
+	// slow consumer.
+	defaultEventBuffer = 256
+	// defaultSummaryInterval is how often the summary event goes out.
+	defaultSummaryInterval = 2 * time.Second
 	// eventWriteWait bounds one write to a subscriber.
 	eventWriteWait = 10 * time.Second
 	// defaultPingInterval and the pong wait keep idle connections honest:
@@ -27,13 +30,29 @@ const (
 	defaultPingInterval = 20 * time.Second
 )
 
-// closeSlowConsumer is the close reason a dropped subscriber receives.
-var closeSlowConsumer = "slow consumer: fell " + strconv.Itoa(eventBuffer) +
-	" events behind; reconnect and read faster"
+// slowConsumerPrefix starts the close reason a dropped subscriber receives.
+const slowConsumerPrefix = "slow consumer"
+
+// slowConsumerReason is the close reason for a subscriber with a buffer of
+// size events.
+func slowConsumerReason(size int) string {
+	return slowConsumerPrefix + ": fell " + strconv.Itoa(size) +
+		" events behind; reconnect and read faster"
+}
+
+// Event stream subprotocols. A browser cannot set the Authorization header
+// on a WebSocket, so it offers its key as the subprotocol keyProtocolPrefix
+// + KEY next to eventsProtocol; the queen answers eventsProtocol only, so
+// the key never comes back.
+const (
+	eventsProtocol    = "rbee.v1"
+	keyProtocolPrefix = "rbee.key."
+)
 
 // eventHub fans events out to subscribers. Publish never blocks: a
 // subscriber whose buffer is full is dropped.
 type eventHub struct {
+	log    *slog.Logger
 	mu     sync.Mutex
 	subs   map[*subscriber]struct{}
 	closed bool
@@ -47,7 +66,9 @@ type subscriber struct {
 	why    string
 }
 
-func newEventHub() *eventHub { return &eventHub{subs: map[*subscriber]struct{}{}} }
+func newEventHub(log *slog.Logger) *eventHub {
+	return &eventHub{log: log, subs: map[*subscriber]struct{}{}}
+}
 
 // subscribe adds a consumer with a buffer of size events.
 func (h *eventHub) subscribe(size int) *subscriber {
@@ -98,7 +119,9 @@ func (h *eventHub) publish(ev api.Event) {
 		select {
 		case sub.events <- ev:
 		default:
-			h.dropLocked(sub, closeSlowConsumer)
+			h.log.Warn("event subscriber dropped", "reason", slowConsumerPrefix,
+				"buffer", cap(sub.events))
+			h.dropLocked(sub, slowConsumerReason(cap(sub.events)))
 		}
 	}
 }
@@ -140,6 +163,14 @@ func (s *Server) summary() api.Event {
 	return ev
 }
 
+// summaryInterval is how often the summary event goes out.
+func (s *Server) summaryInterval() time.Duration {
+	if s.cfg.SummaryInterval > 0 {
+		return s.cfg.SummaryInterval
+	}
+	return defaultSummaryInterval
+}
+
 // runSummaries publishes a summary every interval while anyone listens,
 // until ctx ends.
 func (s *Server) runSummaries(ctx context.Context, interval time.Duration) {
@@ -157,7 +188,20 @@ func (s *Server) runSummaries(ctx context.Context, interval time.Duration) {
 	}
 }
 
-var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 16 << 10}
+// upgrader answers the eventsProtocol subprotocol when the client offers
+// it, and never a key protocol.
+var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 16 << 10,
+	Subprotocols: []string{eventsProtocol}}
+
+// subprotocolKey returns the API key a client offered as a subprotocol.
+func subprotocolKey(r *http.Request) (string, bool) {
+	for _, p := range websocket.Subprotocols(r) {
+		if key, ok := strings.CutPrefix(p, keyProtocolPrefix); ok && key != "" {
+			return key, true
+		}
+	}
+	return "", false
+}
 
 // handleEvents upgrades to a WebSocket and streams events as JSON text
 // messages: a summary at once, then every event as it happens. The client
@@ -167,7 +211,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return nil // the upgrader already answered with the error
 	}
-	sub := s.events.subscribe(eventBuffer)
+	size := s.cfg.EventBuffer
+	if size <= 0 {
+		size = defaultEventBuffer
+	}
+	sub := s.events.subscribe(size)
 	s.log.Debug("event subscriber joined", "remote", r.RemoteAddr)
 	ping := s.pingInterval
 	if ping <= 0 {
@@ -233,7 +281,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		code := websocket.ClosePolicyViolation
-		if sub.why != closeSlowConsumer {
+		if !strings.HasPrefix(sub.why, slowConsumerPrefix) {
 			code = websocket.CloseGoingAway
 		}
 		_ = conn.SetWriteDeadline(time.Now().Add(eventWriteWait))

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -83,6 +84,12 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	fs.DurationVar(&cfg.SSHConnectTimeout, "ssh-connect-timeout", 5*time.Second,
 		"how long connecting to a hive over SSH may take")
 	fs.BoolVar(&verbose, "verbose", false, "debug logs (every request and heartbeat)")
+	// Hidden: for tests of slow event consumers.
+	fs.IntVar(&cfg.EventBuffer, "event-buffer", defaultEventBuffer,
+		"events a subscriber may fall behind before it is dropped")
+	fs.DurationVar(&cfg.SummaryInterval, "summary-interval", defaultSummaryInterval,
+		"how often the summary event goes out")
+	fs.Usage = func() { usage(fs, stderr, "event-buffer", "summary-interval") }
 	if err := fs.Parse(args); err != nil {
 		return cfg, false, err
 	}
@@ -91,6 +98,9 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	}
 	if cfg.HeartbeatInterval < 100*time.Millisecond {
 		return cfg, false, fmt.Errorf("--heartbeat-interval must be at least 100ms, got %s", cfg.HeartbeatInterval)
+	}
+	if cfg.EventBuffer < 1 || cfg.SummaryInterval <= 0 {
+		return cfg, false, fmt.Errorf("--event-buffer and --summary-interval must be positive")
 	}
 	if cfg.HiveBin == "" {
 		cfg.HiveBin = siblingOrPath("rbee-hive")
@@ -105,6 +115,19 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 		}
 	}
 	return cfg, verbose, nil
+}
+
+// usage prints fs's flags except the hidden ones.
+func usage(fs *flag.FlagSet, w io.Writer, hidden ...string) {
+	shown := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	shown.SetOutput(w)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !slices.Contains(hidden, f.Name) {
+			shown.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	fmt.Fprintf(w, "Usage of %s:\n", fs.Name())
+	shown.PrintDefaults()
 }
 
 // checkListenAddr refuses an address beyond loopback unless the registry at

@@ -44,6 +44,11 @@ type Config struct {
 	SSHConfigPath string
 	// KnownHostsPath is rbee's known_hosts file; empty: sshexec's default.
 	KnownHostsPath string
+	// EventBuffer is how many events a subscriber may fall behind before
+	// it is dropped; 0: 256. SummaryInterval is how often the summary
+	// event goes out; 0: 2s. Tests set both small (hidden flags).
+	EventBuffer     int
+	SummaryInterval time.Duration
 }
 
 // Server is a running queen.
@@ -84,7 +89,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		store:     store,
 		router:    newRouter(),
 		live:      newLiveStats(),
-		events:    newEventHub(),
+		events:    newEventHub(log),
 		hives:     &hiveClient{bin: cfg.HiveBin, local: sshexec.Local{}},
 		startedAt: time.Now(),
 		queenURL:  queenURL,
@@ -170,7 +175,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	summaries := make(chan struct{})
-	go func() { defer close(summaries); s.runSummaries(ctx, summaryInterval) }()
+	go func() { defer close(summaries); s.runSummaries(ctx, s.summaryInterval()) }()
 	defer func() { <-summaries }()
 	// Event streams are hijacked connections that Shutdown does not wait
 	// for: let go of them first, with a close reason.

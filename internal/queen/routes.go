@@ -20,6 +20,10 @@ func (s *Server) routes() http.Handler {
 
 	r.Get("/health", h(s.handleHealth))
 	r.Method(http.MethodGet, "/metrics", s.metrics.handler()) // admin; see auth.go
+	// The dashboard: public static files (see dashboard.go).
+	dashboard := dashboardHandler()
+	r.Method(http.MethodGet, "/", dashboard)
+	r.Method(http.MethodGet, dashboardPrefix+"*", dashboard)
 	r.Route("/v1", func(r chi.Router) {
 		r.Get("/status", h(s.handleStatus))
 		r.Post("/shutdown", h(s.handleShutdown))
