@@ -129,7 +129,7 @@ func TestSpawnInferStop(t *testing.T) {
 
 func TestKilledWorkerTurnsLost(t *testing.T) {
 	c := newCluster(t, clusterOptions{heartbeatInterval: 200 * time.Millisecond})
-	w := c.spawn()
+	w := c.spawn("--restart", "never") // stays lost: not started again
 	assert.NilError(t, syscall.Kill(w.PID, syscall.SIGKILL))
 
 	// Deadline: interval + grace (2 intervals) after the last beat.

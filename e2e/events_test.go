@@ -50,7 +50,7 @@ func TestEventsFollowAWorkerFromSpawnToLost(t *testing.T) {
 	first := <-events
 	assert.Equal(t, first.Type, api.EventSummary, "the stream opens with a summary")
 
-	w := c.spawn()
+	w := c.spawn("--restart", "never") // stays lost: not started again
 	assert.NilError(t, syscall.Kill(w.PID, syscall.SIGKILL))
 
 	want := []api.WorkerState{api.WorkerStarting, api.WorkerLoading, api.WorkerReady,

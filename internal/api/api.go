@@ -89,6 +89,15 @@ type Worker struct {
 	Error         string      `json:"error,omitempty"`
 	CreatedAt     time.Time   `json:"created_at"`
 	LastHeartbeat time.Time   `json:"last_heartbeat,omitzero"`
+	// Restart is the restart policy: RestartAlways, RestartOnFailure or
+	// RestartNever.
+	Restart string `json:"restart,omitempty"`
+	// Restarts counts the times the queen started the worker again.
+	Restarts int `json:"restarts"`
+	// RestartReason says why the last restart happened.
+	RestartReason string `json:"restart_reason,omitempty"`
+	// NextRestart is when the queen starts the worker again; zero: none due.
+	NextRestart time.Time `json:"next_restart,omitzero"`
 	// Stats are the latest heartbeat's figures; absent until one arrives.
 	Stats *WorkerStats `json:"stats,omitempty"`
 }
@@ -110,7 +119,21 @@ type SpawnRequest struct {
 	GPULayers *int `json:"gpu_layers,omitempty"`
 	// Threads sets CPU decoding threads; 0: the node's default.
 	Threads int `json:"threads,omitempty"`
+	// Restart is the restart policy; empty: RestartOnFailure.
+	Restart string `json:"restart,omitempty"`
 }
+
+// Restart policies: when the queen starts a worker that ended again. A
+// worker stopped by `rbee worker stop` is never started again.
+const (
+	// RestartAlways restarts a worker that was lost, failed, or exited
+	// cleanly without being asked to by the queen.
+	RestartAlways = "always"
+	// RestartOnFailure restarts a worker that was lost or failed.
+	RestartOnFailure = "on-failure"
+	// RestartNever leaves an ended worker alone.
+	RestartNever = "never"
+)
 
 // QueenStatus is the body of GET /v1/status.
 type QueenStatus struct {

@@ -141,6 +141,8 @@ func TestUsageErrors(t *testing.T) {
 			"--slots must be between 1 and 64, not 65"},
 		{"negative ctx size", []string{"worker", "spawn", "-m", "m", "--ctx-size", "-1"},
 			"--ctx-size must be 0 or more"},
+		{"bad restart policy", []string{"worker", "spawn", "-m", "m", "--restart", "sometimes"},
+			`--restart must be always, on-failure or never, not "sometimes"`},
 		{"stop without id", []string{"worker", "stop"}, "accepts 1 arg(s), received 0"},
 		{"list with an argument", []string{"worker", "list", "extra"}, `unknown command "extra"`},
 		{"infer without model", []string{"infer", "hello"}, "--model is required"},

@@ -43,6 +43,7 @@ type workerSpawnOptions struct {
 	Slots   int
 	CtxSize int
 	Threads int
+	Restart string
 	NoWait  bool
 	Timeout time.Duration
 	JSON    bool
@@ -80,6 +81,8 @@ func newWorkerSpawnCmd(root *rootOptions) *cobra.Command {
 	f.IntVar(&opts.CtxSize, "ctx-size", 0, "context tokens per slot (0: the model's own, capped)")
 	f.IntVar(&opts.GPULayers, "gpu-layers", 0, "offload only this many layers to the GPU (default: all)")
 	f.IntVar(&opts.Threads, "threads", 0, "CPU decoding threads (0: the node's default)")
+	f.StringVar(&opts.Restart, "restart", api.RestartOnFailure,
+		"start the worker again when it ends: always, on-failure (lost or failed) or never")
 	f.BoolVar(&opts.NoWait, "no-wait", false,
 		"return once the worker is started, not when it is ready")
 	f.DurationVar(&opts.Timeout, "timeout", 120*time.Second, "how long to wait until it is ready")
@@ -101,6 +104,9 @@ func (o *workerSpawnOptions) validate() error {
 		return usageErrorf("--threads must be 0 or more, not %d", o.Threads)
 	case o.Timeout <= 0:
 		return usageErrorf("--timeout must be positive, not %s", o.Timeout)
+	case o.Restart != api.RestartAlways && o.Restart != api.RestartOnFailure &&
+		o.Restart != api.RestartNever:
+		return usageErrorf("--restart must be always, on-failure or never, not %q", o.Restart)
 	}
 	return nil
 }
@@ -120,6 +126,7 @@ func runWorkerSpawn(ctx context.Context, opts *workerSpawnOptions) error {
 		Slots:   opts.Slots,
 		CtxSize: opts.CtxSize,
 		Threads: opts.Threads,
+		Restart: opts.Restart,
 	}
 	if opts.HasGPULayers {
 		req.GPULayers = &opts.GPULayers
@@ -280,14 +287,22 @@ func runWorkerList(ctx context.Context, opts *workerListOptions) error {
 // printWorkers writes workers as a table on stdout.
 func printWorkers(root *rootOptions, workers []api.Worker) error {
 	t := newTable(root.Stdout, root.StdoutTTY,
-		"ID", "HIVE", "MODEL", "DEVICE", "STATE", "SLOTS", "LAST HEARTBEAT", "URL")
+		"ID", "HIVE", "MODEL", "DEVICE", "STATE", "SLOTS", "RESTARTS", "LAST HEARTBEAT", "URL")
 	now := root.Now()
 	for _, w := range workers {
 		t.row(w.ID, orDash(w.Hive), orDash(w.Model), orDash(w.Device), string(w.State),
-			strconv.Itoa(w.SlotsBusy)+"/"+strconv.Itoa(w.Slots),
+			strconv.Itoa(w.SlotsBusy)+"/"+strconv.Itoa(w.Slots), restarts(w),
 			formatAge(now, w.LastHeartbeat), orDash(w.URL))
 	}
 	return t.flush()
+}
+
+// restarts is the RESTARTS cell: the count, and why the last one happened.
+func restarts(w api.Worker) string {
+	if w.Restarts == 0 {
+		return "0"
+	}
+	return strconv.Itoa(w.Restarts) + " (" + w.RestartReason + ")"
 }
 
 type workerStopOptions struct {

@@ -26,7 +26,7 @@ var testWorkers = []api.Worker{
 	},
 	{
 		ID: "w-def", Hive: "gpu2", Model: "llama-3-8b", Device: "cpu",
-		Slots: 1, State: api.WorkerStarting,
+		Slots: 1, State: api.WorkerStarting, Restarts: 2, RestartReason: "lost: no heartbeat",
 	},
 }
 
@@ -51,20 +51,20 @@ func TestWorkerListTable(t *testing.T) {
 			tty:  true,
 			all:  true,
 			want: "" +
-				"ID     HIVE       MODEL         DEVICE  STATE     SLOTS  LAST HEARTBEAT  URL\n" +
-				"w-abc  localhost  qwen2.5-0.5b  cuda:0  ready     1/4    1.2s ago        http://127.0.0.1:41234\n" +
-				"w-def  gpu2       llama-3-8b    cpu     starting  0/1    -               -\n",
+				"ID     HIVE       MODEL         DEVICE  STATE     SLOTS  RESTARTS                LAST HEARTBEAT  URL\n" +
+				"w-abc  localhost  qwen2.5-0.5b  cuda:0  ready     1/4    0                       1.2s ago        http://127.0.0.1:41234\n" +
+				"w-def  gpu2       llama-3-8b    cpu     starting  0/1    2 (lost: no heartbeat)  -               -\n",
 		},
 		{
 			name: "pipe",
 			all:  true,
 			want: "" +
-				"w-abc\tlocalhost\tqwen2.5-0.5b\tcuda:0\tready\t1/4\t1.2s ago\thttp://127.0.0.1:41234\n" +
-				"w-def\tgpu2\tllama-3-8b\tcpu\tstarting\t0/1\t-\t-\n",
+				"w-abc\tlocalhost\tqwen2.5-0.5b\tcuda:0\tready\t1/4\t0\t1.2s ago\thttp://127.0.0.1:41234\n" +
+				"w-def\tgpu2\tllama-3-8b\tcpu\tstarting\t0/1\t2 (lost: no heartbeat)\t-\t-\n",
 		},
 		{
 			name: "without all",
-			want: "w-abc\tlocalhost\tqwen2.5-0.5b\tcuda:0\tready\t1/4\t1.2s ago\thttp://127.0.0.1:41234\n",
+			want: "w-abc\tlocalhost\tqwen2.5-0.5b\tcuda:0\tready\t1/4\t0\t1.2s ago\thttp://127.0.0.1:41234\n",
 		},
 	}
 	for _, tc := range tests {
@@ -275,13 +275,14 @@ func TestWorkerSpawnRequest(t *testing.T) {
 	q := &spawnQueen{states: []api.Worker{spawnedWorker(api.WorkerReady, "")}}
 	srv := fakeQueen(t, q.routes())
 	res := runKeeper(t, "", "worker", "spawn", "-m", "hf:org/repo/tiny.gguf", "--name", "tiny",
-		"--device", "cuda:1", "--slots", "4", "--ctx-size", "2048", "--queen-url", srv.URL)
+		"--device", "cuda:1", "--slots", "4", "--ctx-size", "2048", "--restart", "always",
+		"--queen-url", srv.URL)
 	assert.Equal(t, res.code, exitOK, res.stderr)
 	req, _ := q.seen()
 	// No --hive and no local file: the hive is left for the queen to pick.
 	assert.DeepEqual(t, req, api.SpawnRequest{
 		Model: "hf:org/repo/tiny.gguf", Name: "tiny",
-		Device: "cuda:1", Slots: 4, CtxSize: 2048,
+		Device: "cuda:1", Slots: 4, CtxSize: 2048, Restart: api.RestartAlways,
 	})
 }
 

@@ -40,7 +40,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 			Code: "worker_stopped", Message: "worker " + wk.ID + " was stopped; it should exit"}
 	}
 
-	if err := s.store.RecordHeartbeat(ctx, wk.ID, hb, time.Now().UTC()); err != nil {
+	if err := s.store.RecordHeartbeat(ctx, wk.ID, hb, s.clock.Now().UTC()); err != nil {
 		return err
 	}
 	s.live.record(hb)

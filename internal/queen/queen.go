@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -63,6 +64,10 @@ type Server struct {
 	keys    *keyring
 	metrics *metrics
 	events  *eventHub
+	// clock drives heartbeat deadlines and restarts; jitter returns a
+	// number in [0, 1) that spreads restart backoffs.
+	clock  heartbeat.Clock
+	jitter func() float64
 	// pingInterval is how often event subscribers are pinged; 0: the default.
 	pingInterval time.Duration
 	startedAt    time.Time
@@ -90,6 +95,8 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		router:    newRouter(),
 		live:      newLiveStats(),
 		events:    newEventHub(log),
+		clock:     clock,
+		jitter:    rand.Float64,
 		hives:     &hiveClient{bin: cfg.HiveBin, local: sshexec.Local{}},
 		startedAt: time.Now(),
 		queenURL:  queenURL,
@@ -177,6 +184,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	summaries := make(chan struct{})
 	go func() { defer close(summaries); s.runSummaries(ctx, s.summaryInterval()) }()
 	defer func() { <-summaries }()
+	reconciled := make(chan struct{})
+	go func() { defer close(reconciled); s.runReconcile(ctx, reconcileInterval) }()
+	defer func() { cancel(); <-reconciled }()
 	// Event streams are hijacked connections that Shutdown does not wait
 	// for: let go of them first, with a close reason.
 	srv.RegisterOnShutdown(s.events.close)

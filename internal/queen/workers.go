@@ -130,6 +130,13 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if req.CtxSize < 0 {
 		return spawnPlan{}, httpapi.BadRequest("ctx_size", "ctx_size must be 0 (the model's) or more, got %d", req.CtxSize)
 	}
+	if req.Restart == "" {
+		req.Restart = api.RestartOnFailure
+	}
+	if !registry.KnownRestartPolicy(req.Restart) {
+		return spawnPlan{}, httpapi.BadRequest("restart",
+			"restart must be always, on-failure or never, got %q", req.Restart)
+	}
 	if req.Name == "" {
 		req.Name = strings.TrimSuffix(filepath.Base(req.Model), ".gguf")
 	}
@@ -153,31 +160,40 @@ func (s *Server) spawn(ctx context.Context, p spawnPlan) (registry.Worker, error
 		Worker: api.Worker{
 			ID: newWorkerID(), Hive: p.hive.Name, Model: p.req.Name, ModelPath: p.req.Model,
 			Device: p.req.Device, Slots: p.req.Slots, State: api.WorkerStarting,
-			CreatedAt: time.Now().UTC(),
+			CreatedAt: time.Now().UTC(), Restart: p.req.Restart,
 		},
-		Token:   newToken(),
-		Desired: "running",
-		CtxSize: p.req.CtxSize,
+		Token:     newToken(),
+		Desired:   registry.DesiredRunning,
+		CtxSize:   p.req.CtxSize,
+		GPULayers: p.req.GPULayers,
+		Threads:   p.req.Threads,
 	}
 	if err := s.store.CreateWorker(ctx, wk); err != nil {
 		return wk, err
 	}
-	log := s.log.With("worker_id", wk.ID, "hive", wk.Hive, "model", wk.Model)
-	log.Info("spawning worker", "device", wk.Device, "slots", wk.Slots)
+	s.log.Info("spawning worker", "worker_id", wk.ID, "hive", wk.Hive, "model", wk.Model,
+		"device", wk.Device, "slots", wk.Slots, "restart", wk.Restart)
 	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStarting, "spawn requested")
+	return s.startOnHive(ctx, p.hive, wk)
+}
 
+// startOnHive has the hive start the recorded worker wk (a new one, or one
+// started again under its id), and records where it runs.
+func (s *Server) startOnHive(ctx context.Context, hive registry.Hive,
+	wk registry.Worker) (registry.Worker, error) {
+	log := s.log.With("worker_id", wk.ID, "hive", wk.Hive, "model", wk.Model)
 	args := []string{"worker", "spawn", "--id", wk.ID, "--model", wk.ModelPath,
 		"--name", wk.Model, "--device", wk.Device, "--slots", strconv.Itoa(wk.Slots),
-		"--ctx-size", strconv.Itoa(wk.CtxSize), "--host", p.hive.Host, "--queen-url", s.queenURLFor(p.hive)}
-	// Not kept in the registry: a worker started again later gets the defaults.
-	if p.req.GPULayers != nil {
-		args = append(args, "--gpu-layers", strconv.Itoa(*p.req.GPULayers))
+		"--ctx-size", strconv.Itoa(wk.CtxSize), "--host", hive.Host,
+		"--queen-url", s.queenURLFor(hive)}
+	if wk.GPULayers != nil {
+		args = append(args, "--gpu-layers", strconv.Itoa(*wk.GPULayers))
 	}
-	if p.req.Threads > 0 {
-		args = append(args, "--threads", strconv.Itoa(p.req.Threads))
+	if wk.Threads > 0 {
+		args = append(args, "--threads", strconv.Itoa(wk.Threads))
 	}
 	var res api.SpawnResult
-	if err := s.hives.run(ctx, p.hive, args, wk.Token+"\n", &res); err != nil {
+	if err := s.hives.run(ctx, hive, args, wk.Token+"\n", &res); err != nil {
 		log.Warn("spawn failed", "error", err)
 		reason := httpapi.AsError(err).Message
 		_ = s.store.SetState(context.WithoutCancel(ctx), wk.ID, api.WorkerFailed, reason)

@@ -72,6 +72,21 @@ ALTER TABLE hives ADD COLUMN arch TEXT NOT NULL DEFAULT '';
 ALTER TABLE hives ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
 ALTER TABLE hives ADD COLUMN checked_at INTEGER;
 `,
+	// 4: what it takes to start a worker again, and its restart history:
+	// the policy, the restarts so far (in all, and in a row without a
+	// healthy period between), when the next may happen, why the last one
+	// did, and since when the current process has been ready.
+	`
+ALTER TABLE workers ADD COLUMN gpu_layers INTEGER;
+ALTER TABLE workers ADD COLUMN threads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN restart_policy TEXT NOT NULL DEFAULT 'on-failure'
+	CHECK (restart_policy IN ('always', 'on-failure', 'never'));
+ALTER TABLE workers ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN restart_streak INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN next_restart_at INTEGER;
+ALTER TABLE workers ADD COLUMN restart_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN ready_at INTEGER;
+`,
 }
 
 // migrate applies the migrations db has not seen yet, each in its own

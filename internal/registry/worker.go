@@ -31,10 +31,21 @@ type Worker struct {
 	Desired string
 	// CtxSize is the context size per slot the worker was spawned with.
 	CtxSize int
+	// GPULayers and Threads are the spawn's --gpu-layers (nil: all) and
+	// --threads (0: the node's default), kept to start the worker again.
+	GPULayers *int
+	Threads   int
+	// RestartStreak counts restarts since the worker last stayed healthy;
+	// the backoff before the next restart grows with it.
+	RestartStreak int
+	// ReadyAt is when the current process turned ready; zero: it has not.
+	ReadyAt time.Time
 }
 
 const workerColumns = `id, hive, model, model_path, device, slots, slots_busy, ctx_size,
-	state, desired, pid, url, log_path, error, token, created_at, last_heartbeat`
+	state, desired, pid, url, log_path, error, token, created_at, last_heartbeat,
+	gpu_layers, threads, restart_policy, restarts, restart_streak, next_restart_at,
+	restart_reason, ready_at`
 
 // CreateWorker records a new worker in state starting. Desired defaults to
 // DesiredRunning and CreatedAt to now. It fails with an error wrapping
@@ -52,12 +63,24 @@ func (s *Store) CreateWorker(ctx context.Context, w Worker) error {
 	if w.CreatedAt.IsZero() {
 		w.CreatedAt = time.Now()
 	}
+	if w.Restart == "" {
+		w.Restart = api.RestartOnFailure
+	}
+	if !KnownRestartPolicy(w.Restart) {
+		return fmt.Errorf("create worker %q: unknown restart policy %q", w.ID, w.Restart)
+	}
+	var gpuLayers sql.NullInt64
+	if w.GPULayers != nil {
+		gpuLayers = sql.NullInt64{Int64: int64(*w.GPULayers), Valid: true}
+	}
 
 	_, err := s.db.ExecContext(ctx, `INSERT INTO workers (`+workerColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		w.ID, w.Hive, w.Model, w.ModelPath, w.Device, w.Slots, w.SlotsBusy, w.CtxSize,
 		string(api.WorkerStarting), w.Desired, w.PID, w.URL, w.LogPath, w.Error, w.Token,
-		toNanos(w.CreatedAt), nullTime(w.LastHeartbeat))
+		toNanos(w.CreatedAt), nullTime(w.LastHeartbeat),
+		gpuLayers, w.Threads, w.Restart, w.Restarts, w.RestartStreak,
+		nullTime(w.NextRestart), w.RestartReason, nullTime(w.ReadyAt))
 	switch sqliteCode(err) {
 	case 0:
 		return nil
@@ -131,9 +154,10 @@ func (s *Store) SetState(
 }
 
 // RecordHeartbeat records a heartbeat received at the given time: state,
-// URL (when the heartbeat has one), busy slots, error, and the time itself.
-// A worker that says it stopped also gets desired state stopped, as with
-// SetState: it was stopped on purpose and must not be started again.
+// URL (when the heartbeat has one), busy slots, error, and the time itself,
+// which is also the ready time of a worker that turns ready. A worker that says it stopped also gets desired state stopped, as with
+// SetState: it was stopped on purpose and must not be started again,
+// unless its restart policy is api.RestartAlways.
 func (s *Store) RecordHeartbeat(
 	ctx context.Context, id string, hb api.Heartbeat, at time.Time,
 ) error {
@@ -143,10 +167,48 @@ func (s *Store) RecordHeartbeat(
 	return s.update(ctx, "record heartbeat", id, `UPDATE workers SET
 		state = ?, url = CASE WHEN ? = '' THEN url ELSE ? END, slots_busy = ?,
 		error = ?, last_heartbeat = ?,
-		desired = CASE WHEN ? THEN 'stopped' ELSE desired END
+		ready_at = CASE WHEN ? = 'ready' AND (state != 'ready' OR ready_at IS NULL)
+			THEN ? ELSE ready_at END,
+		desired = CASE WHEN ? AND restart_policy != 'always' THEN 'stopped' ELSE desired END
 		WHERE id = ?`,
 		string(hb.State), hb.URL, hb.URL, hb.SlotsBusy, hb.Error, toNanos(at),
-		hb.State == api.WorkerStopped, id)
+		string(hb.State), toNanos(at), hb.State == api.WorkerStopped, id)
+}
+
+// SetNextRestart records when the worker is to be started again and why;
+// a zero at clears it.
+func (s *Store) SetNextRestart(ctx context.Context, id string, at time.Time, reason string) error {
+	return s.update(ctx, "set next restart", id, `UPDATE workers SET next_restart_at = ?,
+		restart_reason = CASE WHEN ? = '' THEN restart_reason ELSE ? END WHERE id = ?`,
+		nullTime(at), reason, reason, id)
+}
+
+// RecordRestart records that the worker is being started again with a new
+// token: state starting, one more restart, and no restart pending. It
+// touches only a worker whose desired state is still running, and fails
+// with an error wrapping ErrNotFound otherwise.
+func (s *Store) RecordRestart(ctx context.Context, id, token, reason string) error {
+	return s.update(ctx, "record restart", id, `UPDATE workers SET state = ?, error = '',
+		token = ?, pid = 0, url = '', slots_busy = 0, restarts = restarts + 1,
+		restart_streak = restart_streak + 1, next_restart_at = NULL, restart_reason = ?,
+		ready_at = NULL WHERE id = ? AND desired = 'running'`,
+		string(api.WorkerStarting), token, reason, id)
+}
+
+// ResetRestartStreak forgets the restarts in a row of a worker that has
+// stayed healthy, so the next restart waits the shortest backoff again.
+func (s *Store) ResetRestartStreak(ctx context.Context, id string) error {
+	return s.update(ctx, "reset restart streak", id,
+		`UPDATE workers SET restart_streak = 0 WHERE id = ?`, id)
+}
+
+// KnownRestartPolicy reports whether p is one of the api.Restart* policies.
+func KnownRestartPolicy(p string) bool {
+	switch p {
+	case api.RestartAlways, api.RestartOnFailure, api.RestartNever:
+		return true
+	}
+	return false
 }
 
 // DeleteWorker forgets a worker. It fails with an error wrapping
@@ -176,12 +238,23 @@ func scanWorker(r scanner) (Worker, error) {
 	var w Worker
 	var state string
 	var created int64
-	var lastBeat sql.NullInt64
+	var lastBeat, gpuLayers, nextRestart, readyAt sql.NullInt64
 	err := r.Scan(&w.ID, &w.Hive, &w.Model, &w.ModelPath, &w.Device, &w.Slots, &w.SlotsBusy,
 		&w.CtxSize, &state, &w.Desired, &w.PID, &w.URL, &w.LogPath, &w.Error, &w.Token,
-		&created, &lastBeat)
+		&created, &lastBeat, &gpuLayers, &w.Threads, &w.Restart, &w.Restarts,
+		&w.RestartStreak, &nextRestart, &w.RestartReason, &readyAt)
 	if err != nil {
 		return Worker{}, err
+	}
+	if gpuLayers.Valid {
+		n := int(gpuLayers.Int64)
+		w.GPULayers = &n
+	}
+	if readyAt.Valid {
+		w.ReadyAt = fromNanos(readyAt.Int64)
+	}
+	if nextRestart.Valid {
+		w.NextRestart = fromNanos(nextRestart.Int64)
 	}
 	w.State = api.WorkerState(state)
 	w.CreatedAt = fromNanos(created)

@@ -55,6 +55,7 @@ func TestCreateAndGetWorker(t *testing.T) {
 	want := in
 	want.State = api.WorkerStarting
 	want.Desired = DesiredRunning
+	want.Restart = api.RestartOnFailure
 	want.CreatedAt = created.UTC()
 	assert.DeepEqual(t, got, want)
 	assert.Equal(t, got.CreatedAt.Location(), time.UTC)
@@ -219,7 +220,7 @@ func TestUpdates(t *testing.T) {
 			},
 			want: func(w *Worker) {
 				w.State, w.URL, w.SlotsBusy = api.WorkerReady, "http://10.0.0.5:9001", 1
-				w.LastHeartbeat = beat.UTC()
+				w.LastHeartbeat, w.ReadyAt = beat.UTC(), beat.UTC()
 			},
 		},
 		{

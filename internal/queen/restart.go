@@ -1,0 +1,188 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/httpapi"
+	"github.com/rbee-dev/rbee/internal/registry"
+)
+
+// Restarts: how often the queen compares what the user wants with what
+// runs, and how long it waits between restarts of one worker.
+const (
+	reconcileInterval = time.Second
+	backoffBase       = time.Second
+	backoffCap        = 60 * time.Second
+	// backoffJitter is the largest share of a backoff taken off at random,
+	// so workers that died together do not all come back at once.
+	backoffJitter = 0.2
+	// healthyPeriod is how long a restarted worker stays ready before its
+	// next restart waits the shortest backoff again.
+	healthyPeriod = 60 * time.Second
+	// restartStopTimeout bounds stopping what is left of the old process.
+	restartStopTimeout = 5 * time.Second
+)
+
+// backoff is the wait before the next restart of a worker restarted streak
+// times in a row: backoffBase doubled per restart, capped at backoffCap,
+// less up to backoffJitter of it; r is a random number in [0, 1).
+func backoff(streak int, r float64) time.Duration {
+	d := backoffCap
+	if streak < 16 {
+		if b := backoffBase << streak; b < backoffCap {
+			d = b
+		}
+	}
+	return d - time.Duration(float64(d)*backoffJitter*r)
+}
+
+// restartReason says why wk is to be started again, or "" when it is not:
+// the user wants it running, its policy allows it, and its process ended.
+// A worker that never got ready on its first start is left alone: the
+// spawn already told the user why, and starting it again would only fail
+// the same way.
+func restartReason(wk registry.Worker) string {
+	if wk.Desired != registry.DesiredRunning || wk.Restart == api.RestartNever {
+		return ""
+	}
+	if wk.Restarts == 0 && wk.ReadyAt.IsZero() {
+		return ""
+	}
+	switch wk.State {
+	case api.WorkerLost:
+		return "lost: " + orText(wk.Error, "no heartbeat before the deadline")
+	case api.WorkerFailed:
+		return "failed: " + orText(wk.Error, "no reason given")
+	case api.WorkerStopped:
+		if wk.Restart == api.RestartAlways {
+			return "exited"
+		}
+	}
+	return ""
+}
+
+func orText(s, dflt string) string {
+	if s == "" {
+		return dflt
+	}
+	return s
+}
+
+// runReconcile calls reconcile every interval of the server's clock until
+// ctx ends.
+func (s *Server) runReconcile(ctx context.Context, interval time.Duration) {
+	tick := make(chan struct{}, 1)
+	for {
+		t := s.clock.AfterFunc(interval, func() {
+			select {
+			case tick <- struct{}{}:
+			default:
+			}
+		})
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-tick:
+		}
+		s.reconcile(ctx)
+	}
+}
+
+// reconcile brings every worker the user wants running towards running:
+// it forgets the restart streak of a worker that stayed healthy, schedules
+// a restart, with backoff, for one whose process ended, and starts again
+// each one whose restart is due. Restarts run one after another.
+//
+// Shortcomings: a slow hive holds up the restarts of every other worker
+// until its spawn returns, and each pass reads every worker ever recorded,
+// stopped ones included.
+func (s *Server) reconcile(ctx context.Context) {
+	workers, err := s.store.Workers(ctx, true)
+	if err != nil {
+		s.log.Error("reconcile: list workers", "error", err)
+		return
+	}
+	for _, wk := range workers {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := s.reconcileWorker(ctx, wk); err != nil {
+			s.log.Error("reconcile worker", "worker_id", wk.ID, "error", err)
+		}
+	}
+}
+
+// reconcileWorker does reconcile's work for one worker.
+func (s *Server) reconcileWorker(ctx context.Context, wk registry.Worker) error {
+	now := s.clock.Now()
+	if wk.State == api.WorkerReady && wk.RestartStreak > 0 && !wk.ReadyAt.IsZero() &&
+		now.Sub(wk.ReadyAt) >= healthyPeriod {
+		s.log.Info("worker healthy again", "worker_id", wk.ID, "restarts", wk.Restarts)
+		return s.store.ResetRestartStreak(ctx, wk.ID)
+	}
+
+	reason := restartReason(wk)
+	switch {
+	case reason == "":
+		return nil
+	case wk.NextRestart.IsZero():
+		wait := backoff(wk.RestartStreak, s.jitter())
+		if err := s.store.SetNextRestart(ctx, wk.ID, now.Add(wait), reason); err != nil {
+			return err
+		}
+		s.log.Warn("worker to be restarted", "worker_id", wk.ID, "reason", reason,
+			"in", wait, "policy", wk.Restart)
+		s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State,
+			fmt.Sprintf("%s; restarting in %s (restart %s)", reason,
+				wait.Round(time.Millisecond), wk.Restart))
+		return nil
+	case now.Before(wk.NextRestart):
+		return nil
+	}
+	return s.restart(ctx, wk, reason)
+}
+
+// restart stops what is left of wk's process and starts it again under the
+// same id with a new token. When the old process cannot be stopped, the
+// next try waits one more backoff step.
+func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string) error {
+	hive, err := s.store.Hive(ctx, wk.Hive)
+	if err != nil {
+		return err
+	}
+	s.forget(wk.ID)
+
+	var res api.StopResult
+	err = s.hives.run(ctx, hive, []string{"worker", "stop", wk.ID,
+		"--timeout", restartStopTimeout.String()}, "", &res)
+	if err != nil && httpapi.AsError(err).Status != http.StatusNotFound {
+		next := s.clock.Now().Add(backoff(wk.RestartStreak+1, s.jitter()))
+		s.log.Warn("restart: stop old process", "worker_id", wk.ID, "error", err)
+		return errors.Join(err, s.store.SetNextRestart(ctx, wk.ID, next, ""))
+	}
+
+	wk.Token = newToken()
+	err = s.store.RecordRestart(ctx, wk.ID, wk.Token, reason)
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil // stopped by the user meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	n := wk.Restarts + 1
+	s.log.Info("restarting worker", "worker_id", wk.ID, "hive", wk.Hive, "restarts", n,
+		"reason", reason)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStarting,
+		fmt.Sprintf("restart %d: %s", n, reason))
+	// Shortcoming: a `rbee worker stop` that lands while the hive starts the
+	// process leaves that process running: the queen refuses its heartbeats
+	// (410), but nothing stops it.
+	_, err = s.startOnHive(ctx, hive, wk)
+	return err
+}
