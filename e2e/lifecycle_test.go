@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/rbee-dev/rbee/internal/api"
 	"github.com/rbee-dev/rbee/internal/httpapi"
+	"github.com/rbee-dev/rbee/internal/registry"
 )
 
 // health reads a worker's /health, which needs no token.
@@ -126,4 +128,27 @@ func TestModelThatFailsToLoadReportsWhy(t *testing.T) {
 	assert.Equal(t, len(list.Workers), 1)
 	assert.Equal(t, list.Workers[0].State, api.WorkerFailed)
 	assert.Assert(t, is.Contains(list.Workers[0].Error, "not a valid GGUF model"))
+}
+
+// A worker the queen no longer wants (stopped in the registry, as when a
+// `rbee worker stop` races a restart) shuts itself down at its next
+// heartbeat, when the queen answers 410.
+func TestWorkerExitsWhenTheQueenRetiresIt(t *testing.T) {
+	c := newCluster(t, clusterOptions{heartbeatInterval: 200 * time.Millisecond})
+	w := c.spawn("--restart", "never")
+
+	store, err := registry.Open(c.dbPath)
+	assert.NilError(t, err)
+	defer store.Close()
+	assert.NilError(t, store.SetState(context.Background(), w.ID, api.WorkerStopped, ""))
+
+	poll.WaitOn(t, func(poll.LogT) poll.Result {
+		if processAlive(w.PID) {
+			return poll.Continue("worker process %d still runs", w.PID)
+		}
+		return poll.Success()
+	}, poll.WithTimeout(15*time.Second), poll.WithDelay(50*time.Millisecond))
+	log, err := os.ReadFile(w.LogPath)
+	assert.NilError(t, err)
+	assert.Assert(t, is.Contains(string(log), "the queen stopped this worker"))
 }

@@ -73,6 +73,10 @@ func (c SenderConfig) withDefaults() SenderConfig {
 	return c
 }
 
+// ErrRetired is what Run returns when the queen answers 410 Gone: it has
+// stopped this worker, which should shut down.
+var ErrRetired = errors.New("the queen retired this worker")
+
 // StatusError is the error Send wraps when the queen answers with a
 // status other than 2xx.
 type StatusError struct {
@@ -113,8 +117,8 @@ func (s *Sender) Kick() {
 
 // Run beats at once, then at the interval the queen returns. After a
 // failure it retries with jittered exponential backoff, up to MaxBackoff.
-// It returns nil when ctx is done. Run is not meant to be called twice at
-// once.
+// It returns nil when ctx is done, and ErrRetired when the queen answers
+// 410 Gone. Run is not meant to be called twice at once.
 //
 // A refusal (for example 401, a wrong token) is retried like any other
 // failure; a caller that wants to give up can check Send's *StatusError.
@@ -134,7 +138,13 @@ func (s *Sender) Run(ctx context.Context) error {
 		}
 
 		var wait time.Duration
+		var status *StatusError
 		switch {
+		case errors.As(err, &status) && status.StatusCode == http.StatusGone:
+			// The queen stopped this worker (or no longer wants it): there
+			// is no point beating on, and the worker should exit.
+			log.Warn("queen retired this worker", "worker_id", hb.WorkerID, "error", err)
+			return ErrRetired
 		case err != nil:
 			failures++
 			wait = backoff(s.cfg.Initial, s.cfg.MaxBackoff, failures, rand.Int64N)

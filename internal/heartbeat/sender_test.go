@@ -378,3 +378,20 @@ func TestBackoff(t *testing.T) {
 		})
 	}
 }
+
+func TestSenderReturnsRetiredOnGone(t *testing.T) {
+	q := newFakeQueen(t, func(int) reply { return failure(http.StatusGone, "worker w1 was stopped") })
+	cfg := SenderConfig{QueenURL: q.URL, Token: "tok-w1", Clock: NewFakeClock(epoch),
+		Logger: slog.New(slog.DiscardHandler)}
+	s := NewSender(cfg, func() api.Heartbeat { return testBeat })
+
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	q.next(t)
+	select {
+	case err := <-done:
+		assert.Assert(t, errors.Is(err, ErrRetired), "got %v", err)
+	case <-time.After(failsafe):
+		t.Fatal("Run kept beating after the queen answered 410")
+	}
+}

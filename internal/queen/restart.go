@@ -180,9 +180,9 @@ func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string)
 		"reason", reason)
 	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStarting,
 		fmt.Sprintf("restart %d: %s", n, reason))
-	// Shortcoming: a `rbee worker stop` that lands while the hive starts the
-	// process leaves that process running: the queen refuses its heartbeats
-	// (410), but nothing stops it.
+	// A `rbee worker stop` that lands while the hive starts the process
+	// leaves it running until its first heartbeat: the queen answers 410,
+	// and the worker shuts itself down.
 	_, err = s.startOnHive(ctx, hive, wk)
 	return err
 }

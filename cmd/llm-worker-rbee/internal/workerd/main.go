@@ -98,6 +98,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	select {
 	case <-ctx.Done():
+	case <-beats.retired:
+		w.log.Warn("the queen stopped this worker; shutting down")
 	case err := <-serveErr:
 		w.log.Error("server stopped", "error", err)
 	}
@@ -159,19 +161,28 @@ type beatLoop struct {
 	sender *heartbeat.Sender
 	cancel context.CancelFunc
 	done   chan struct{}
+	// retired is closed when the queen says it stopped this worker (410):
+	// the worker then shuts down as on SIGTERM.
+	retired chan struct{}
 }
 
 func (w *worker) startHeartbeats(ctx context.Context) *beatLoop {
 	if w.cfg.QueenURL == "" {
-		return &beatLoop{}
+		return &beatLoop{retired: make(chan struct{})}
 	}
 	sender := heartbeat.NewSender(heartbeat.SenderConfig{
 		QueenURL: w.cfg.QueenURL, Token: w.cfg.Token, Logger: w.log,
 		MaxBackoff: 5 * time.Second,
 	}, w.heartbeat)
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	b := &beatLoop{sender: sender, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(b.done); _ = sender.Run(loopCtx) }()
+	b := &beatLoop{sender: sender, cancel: cancel, done: make(chan struct{}),
+		retired: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		if errors.Is(sender.Run(loopCtx), heartbeat.ErrRetired) {
+			close(b.retired)
+		}
+	}()
 	return b
 }
 
