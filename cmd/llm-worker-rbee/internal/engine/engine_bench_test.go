@@ -49,6 +49,12 @@ func BenchmarkGenerate(b *testing.B) {
 // reports their aggregate generation rate, to compare with one stream.
 func BenchmarkGenerate4Streams(b *testing.B) {
 	eng, _ := startEngine(b, 4, 512)
+	benchFourStreams(b, eng, 128)
+}
+
+// benchFourStreams runs four greedy streams of maxTokens at once per
+// iteration and reports their aggregate rate, wall time included.
+func benchFourStreams(b *testing.B, eng *Engine, maxTokens int) {
 	prompts := []string{"Once upon a time", "The little dog", "Lily wanted to", "One day, a bird"}
 	var tokens int
 	var elapsed time.Duration
@@ -60,7 +66,7 @@ func BenchmarkGenerate4Streams(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, res := complete(b, eng, context.Background(), greedy(p, 128))
+				_, res := complete(b, eng, context.Background(), greedy(p, maxTokens))
 				mu.Lock()
 				tokens += res.CompletionTokens
 				mu.Unlock()

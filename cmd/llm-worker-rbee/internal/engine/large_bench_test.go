@@ -84,26 +84,5 @@ func BenchmarkLargeGenerate(b *testing.B) {
 // BenchmarkLargeGenerate4Streams runs four streams on four slots at once:
 // one batch per step carries a token of each.
 func BenchmarkLargeGenerate4Streams(b *testing.B) {
-	eng := largeEngine(b, 4)
-	prompts := []string{"Once upon a time", "The little dog", "Lily wanted to", "One day, a bird"}
-	var tokens int
-	var elapsed time.Duration
-	for b.Loop() {
-		start := time.Now()
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, p := range prompts {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, res := complete(b, eng, context.Background(), greedy(p, 32))
-				mu.Lock()
-				tokens += res.CompletionTokens
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		elapsed += time.Since(start)
-	}
-	b.ReportMetric(float64(tokens)/elapsed.Seconds(), "aggregate_gen_tok/s")
+	benchFourStreams(b, largeEngine(b, 4), 32)
 }
