@@ -10,6 +10,9 @@ const (
 	EventHive = "hive"
 	// EventSummary: the periodic summary of every worker (Workers).
 	EventSummary = "summary"
+	// EventDownload: a model download on a hive progressed, finished or
+	// failed (Download).
+	EventDownload = "download"
 )
 
 // Event is one JSON message of the queen's event stream. Fields are only
@@ -31,6 +34,19 @@ type Event struct {
 
 	// Workers is set on summary events.
 	Workers []WorkerSummary `json:"workers,omitempty"`
+
+	// Download is set on download events (with Hive).
+	Download *DownloadStatus `json:"download,omitempty"`
+}
+
+// DownloadStatus is where one model download stands.
+type DownloadStatus struct {
+	Ref    string  `json:"ref"`
+	Status string  `json:"status"` // "progress", "done" or "error"
+	Bytes  int64   `json:"bytes"`
+	Total  int64   `json:"total,omitempty"`
+	Rate   float64 `json:"rate,omitempty"` // bytes per second
+	Error  string  `json:"error,omitempty"`
 }
 
 // WorkerSummary is one worker's live figures in a summary event.

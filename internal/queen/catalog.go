@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -104,9 +105,11 @@ func (s *Server) handleDownloadModel(w http.ResponseWriter, r *http.Request) err
 	}
 
 	var last []byte // the hive's result line: held back until it exits
+	progress := s.downloadProgress(h.Name, req.Ref)
 	res, err := s.hives.stream(r.Context(), h, args, func(line []byte) {
 		var ev api.ModelEvent
 		if json.Unmarshal(line, &ev) == nil && ev.Event == "progress" {
+			progress(ev)
 			send(api.DownloadEvent{ModelEvent: ev})
 			return
 		}
@@ -128,12 +131,42 @@ func (s *Server) handleDownloadModel(w http.ResponseWriter, r *http.Request) err
 			he = sshError(h.Name, err).(*httpapi.Error)
 		}
 		s.log.Warn("model download failed", "hive", h.Name, "error", he.Message)
+		s.downloadEvent(h.Name, api.DownloadStatus{Ref: req.Ref, Status: "error", Error: he.Message})
 		detail := httpapi.Body(he).Error
 		send(api.DownloadEvent{ModelEvent: api.ModelEvent{Event: "error"}, Error: &detail})
 		return nil
 	}
+	s.downloadEvent(h.Name, api.DownloadStatus{Ref: req.Ref, Status: "done", Bytes: m.Size})
 	send(api.DownloadEvent{ModelEvent: api.ModelEvent{Event: "done"}, Model: &m})
 	return nil
+}
+
+// downloadProgress returns the sink for one download's progress lines: it
+// counts the newly fetched bytes in the metrics and publishes an event at
+// most once a second, so that a fast download cannot flood the stream.
+func (s *Server) downloadProgress(hive, ref string) func(api.ModelEvent) {
+	var counted int64 = -1
+	var published time.Time
+	return func(ev api.ModelEvent) {
+		if counted < 0 {
+			counted = ev.Resumed // bytes already on disk were fetched before
+		}
+		if ev.Bytes > counted {
+			s.metrics.downloadBytes.WithLabelValues(hive).Add(float64(ev.Bytes - counted))
+			counted = ev.Bytes
+		}
+		if time.Since(published) < time.Second {
+			return
+		}
+		published = time.Now()
+		s.downloadEvent(hive, api.DownloadStatus{Ref: ref, Status: "progress",
+			Bytes: ev.Bytes, Total: ev.Total, Rate: ev.Rate})
+	}
+}
+
+// downloadEvent publishes where a download stands on the event stream.
+func (s *Server) downloadEvent(hive string, st api.DownloadStatus) {
+	s.events.publish(api.Event{Type: api.EventDownload, Hive: hive, Download: &st})
 }
 
 // verify checks a remote hive's protocol version once, as run does.

@@ -3,6 +3,7 @@ package queen
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -105,4 +106,35 @@ func TestDownloadModelBadRequest(t *testing.T) {
 			assert.Equal(t, resp.StatusCode, tc.wantStatus)
 		})
 	}
+}
+
+// A download shows on the event stream (progress, then done) and counts
+// only the bytes fetched in this run in the metrics.
+func TestDownloadIsCountedAndPublished(t *testing.T) {
+	s, ts := newTestServer(t)
+	s.hives.bin = fakeHiveScript(t, `echo '{"event":"progress","bytes":4,"total":10,"rate":1,"resumed":4}'
+echo '{"event":"progress","bytes":7,"total":10,"rate":1,"resumed":4}'
+echo '{"event":"progress","bytes":10,"total":10,"rate":2,"resumed":4}'
+echo '{"name":"tiny","file":"tiny.gguf","source":"'"$3"'","size":10,"sha256":"ab"}'
+`)
+	conn := subscribe(t, ts)
+
+	resp, err := http.Post(ts.URL+"/v1/models/download", "application/json",
+		strings.NewReader(`{"hive":"localhost","ref":"hf:org/repo/tiny.gguf"}`))
+	assert.NilError(t, err)
+	_, err = io.Copy(io.Discard, resp.Body)
+	assert.NilError(t, err)
+	resp.Body.Close()
+
+	first := nextWorkerEvent(t, conn)
+	assert.Equal(t, first.Type, api.EventDownload)
+	assert.Equal(t, first.Hive, "localhost")
+	assert.Equal(t, first.Download.Status, "progress")
+	assert.Equal(t, first.Download.Ref, "hf:org/repo/tiny.gguf")
+	last := nextWorkerEvent(t, conn)
+	assert.Equal(t, last.Download.Status, "done")
+	assert.Equal(t, last.Download.Bytes, int64(10))
+
+	// 4 bytes were on disk already: 6 were fetched.
+	assert.Equal(t, scrape(t, ts)[`rbee_queen_download_bytes_total{hive="localhost"}`], 6.0)
 }

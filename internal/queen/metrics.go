@@ -24,6 +24,8 @@ type metrics struct {
 	ttft        *prometheus.HistogramVec
 	queueWait   *prometheus.HistogramVec
 	hiveCommand *prometheus.HistogramVec
+	// downloadBytes counts bytes fetched by model downloads, by hive.
+	downloadBytes *prometheus.CounterVec
 }
 
 // latencyBuckets span a fast local call to a slow model load, in seconds.
@@ -52,7 +54,11 @@ func newMetrics(s *Server) *metrics {
 			Buckets: latencyBuckets,
 		}, []string{"hive", "command"}),
 	}
-	m.reg.MustRegister(m.requests, m.ttft, m.queueWait, m.hiveCommand,
+	m.downloadBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rbee_queen_download_bytes_total",
+		Help: "Bytes fetched by model downloads on hives, by hive (resumed bytes are not counted again).",
+	}, []string{"hive"})
+	m.reg.MustRegister(m.requests, m.ttft, m.queueWait, m.hiveCommand, m.downloadBytes,
 		&fleetCollector{s: s}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
