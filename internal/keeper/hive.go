@@ -21,6 +21,7 @@ func newHiveCmd(root *rootOptions) *cobra.Command {
 		newHiveListCmd(root),
 		newHiveInstallCmd(root),
 		newHiveCheckCmd(root),
+		newHiveDrainCmd(root),
 		newHiveUninstallCmd(root),
 		newHiveRmCmd(root),
 		newHiveDevicesCmd(root),

@@ -29,6 +29,7 @@ func newWorkerCmd(root *rootOptions) *cobra.Command {
 		newWorkerSpawnCmd(root),
 		newWorkerListCmd(root),
 		newWorkerStopCmd(root),
+		newWorkerDrainCmd(root),
 		newWorkerLogsCmd(root),
 	)
 }

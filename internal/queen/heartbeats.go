@@ -40,6 +40,10 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 			Code: "worker_stopped", Message: "worker " + wk.ID + " was stopped; it should exit"}
 	}
 
+	if wk.State == api.WorkerDraining && hb.State == api.WorkerReady {
+		// The queen is draining it: it stays unroutable though it is well.
+		hb.State = api.WorkerDraining
+	}
 	if err := s.store.RecordHeartbeat(ctx, wk.ID, hb, s.clock.Now().UTC()); err != nil {
 		return err
 	}

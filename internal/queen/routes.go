@@ -34,6 +34,7 @@ func (s *Server) routes() http.Handler {
 		r.Post("/workers", h(s.handleSpawnWorker))
 		r.Get("/workers/{id}", h(s.handleGetWorker))
 		r.Delete("/workers/{id}", h(s.handleStopWorker))
+		r.Post("/workers/{id}/drain", h(s.handleDrainWorker))
 		r.Get("/workers/{id}/logs", h(s.handleWorkerLogs)) // streams; see logs.go
 
 		r.Get("/hives", h(s.handleListHives))
@@ -41,6 +42,7 @@ func (s *Server) routes() http.Handler {
 		r.Delete("/hives/{name}", h(s.handleDeleteHive))
 		r.Post("/hives/{name}/install", h(s.handleInstallHive))
 		r.Post("/hives/{name}/check", h(s.handleCheckHive))
+		r.Post("/hives/{name}/drain", h(s.handleDrainHive))
 		r.Post("/hives/{name}/uninstall", h(s.handleUninstallHive))
 		r.Get("/hives/{name}/devices", h(s.handleHiveDevices))
 		r.Get("/hives/{name}/models", h(s.handleListHiveModels))

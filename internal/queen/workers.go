@@ -221,9 +221,21 @@ func (s *Server) handleStopWorker(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	hive, err := s.store.Hive(ctx, wk.Hive)
+	out, err := s.stopWorker(ctx, wk, "")
 	if err != nil {
 		return err
+	}
+	httpapi.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// stopWorker has the worker's hive stop it (SIGTERM: the worker finishes
+// what is in flight within its own drain bound), and records it stopped
+// so that nothing starts it again. how says why, for the event.
+func (s *Server) stopWorker(ctx context.Context, wk registry.Worker, how string) (api.Worker, error) {
+	hive, err := s.store.Hive(ctx, wk.Hive)
+	if err != nil {
+		return api.Worker{}, err
 	}
 	// Stop routing first, so no new request lands on a worker going away.
 	s.router.setState(wk.ID, api.WorkerDraining)
@@ -231,28 +243,32 @@ func (s *Server) handleStopWorker(w http.ResponseWriter, r *http.Request) error 
 	err = s.hives.run(ctx, hive, []string{"worker", "stop", wk.ID,
 		"--timeout", stopTimeout.String()}, "", &res)
 	if err != nil && httpapi.AsError(err).Status != http.StatusNotFound {
-		return err
+		return api.Worker{}, err
 	}
 	s.forget(wk.ID)
 	if err := s.store.SetState(ctx, wk.ID, api.WorkerStopped, ""); err != nil {
-		return err
+		return api.Worker{}, err
 	}
 	s.log.Info("worker stopped", "worker_id", wk.ID, "outcome", res.Outcome)
-	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStopped, stopReason(res.Outcome))
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStopped, stopReason(how, res.Outcome))
 	wk, err = s.worker(ctx, wk.ID)
 	if err != nil {
-		return err
+		return api.Worker{}, err
 	}
-	httpapi.WriteJSON(w, http.StatusOK, s.public(wk))
-	return nil
+	return s.public(wk), nil
 }
 
-// stopReason says how a stop on request ended.
-func stopReason(outcome string) string {
-	if outcome == "" {
-		return "stopped on request"
+// stopReason says how a stop on request ended; how names the request
+// ("drained"), or is empty for a plain stop.
+func stopReason(how, outcome string) string {
+	reason := "stopped on request"
+	if how != "" {
+		reason = how + ", then " + reason
 	}
-	return "stopped on request (" + outcome + ")"
+	if outcome == "" {
+		return reason
+	}
+	return reason + " (" + outcome + ")"
 }
 
 // forget drops a worker from routing and deadline tracking.

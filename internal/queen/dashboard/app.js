@@ -145,6 +145,8 @@ function renderWorkers() {
     const total = (live && live.slots_total) || w.slots;
     const gen = live ? live.gen_tokens_per_sec : w.stats?.gen_tokens_per_sec;
     const prompt = live ? live.prompt_tokens_per_sec : w.stats?.prompt_tokens_per_sec;
+    const drain = el("button", { class: "small", title: "take no new requests, let in-flight ones finish, then stop" }, "Drain");
+    drain.addEventListener("click", () => drainWorker(w.id, drain));
     const stop = el("button", { class: "small danger", title: "stop this worker" }, "Stop");
     stop.addEventListener("click", () => stopWorker(w.id, stop));
     return el("tr", { "data-worker-id": w.id, "data-state": w.state },
@@ -158,7 +160,7 @@ function renderWorkers() {
         el("div", { class: "bar" }, el("div")))),
       el("td", { class: "num" }, rate(gen)),
       el("td", { class: "num" }, rate(prompt)),
-      el("td", {}, stop));
+      el("td", {}, drain, " ", stop));
   });
   body.replaceChildren(...rows);
   // Set bar widths through the CSSOM (the page's policy forbids inline styles).
@@ -180,6 +182,18 @@ async function stopWorker(id, button) {
     message("Worker " + id + " stopped.", "info");
   } catch (e) {
     message("Stop " + id + ": " + e.message);
+  }
+  refreshWorkers();
+}
+
+async function drainWorker(id, button) {
+  button.disabled = true;
+  button.textContent = "Draining…";
+  try {
+    await api("POST", "/v1/workers/" + encodeURIComponent(id) + "/drain");
+    message("Worker " + id + " drained and stopped.", "info");
+  } catch (e) {
+    message("Drain " + id + ": " + e.message);
   }
   refreshWorkers();
 }
