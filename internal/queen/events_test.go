@@ -208,8 +208,10 @@ func TestSlowConsumerIsDropped(t *testing.T) {
 		slowest = max(slowest, time.Since(start))
 		published++
 	}
+	// That the loop ends at all shows no publish waited for the consumer;
+	// how long they took is a figure, not a check (no timed assertions).
 	assert.Equal(t, s.events.count(), 0, "not dropped after %d events", published)
-	assert.Assert(t, slowest < 50*time.Millisecond, "a publish took %s", slowest)
+	t.Logf("dropped after %d events; slowest publish %s", published, slowest)
 
 	// The queen still answers at once.
 	status, _ := readAll(t, post(t, ts, "/v1/completions", `{"model":"none","prompt":"x"}`))
