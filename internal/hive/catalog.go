@@ -51,17 +51,7 @@ func checkModelName(name string) error {
 // modelsDir returns the catalog dir: $RBEE_MODELS_DIR, else
 // $XDG_CACHE_HOME/rbee/models, else ~/.cache/rbee/models.
 func modelsDir() (string, error) {
-	if dir := os.Getenv(envModelsDir); dir != "" {
-		return filepath.Abs(dir)
-	}
-	if dir := os.Getenv(envXDGCacheHome); filepath.IsAbs(dir) {
-		return filepath.Join(dir, "rbee", "models"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("find models dir: set %s: %w", envModelsDir, err)
-	}
-	return filepath.Join(home, ".cache", "rbee", "models"), nil
+	return rbeeDir(envModelsDir, envXDGCacheHome, ".cache", "models")
 }
 
 // catalog is the directory holding one directory per model: the file and

@@ -44,18 +44,25 @@ func checkID(id string) error {
 // stateDir returns the hive's state dir: $RBEE_HIVE_STATE_DIR, else
 // $XDG_STATE_HOME/rbee, else ~/.local/state/rbee.
 func stateDir() (string, error) {
-	if dir := os.Getenv(envStateDir); dir != "" {
-		return dir, nil
+	return rbeeDir(envStateDir, envXDGStateHome, filepath.Join(".local", "state"))
+}
+
+// rbeeDir finds one of the hive's directories: $overrideEnv (made
+// absolute), else $xdgEnv/rbee/sub..., else ~/homeBase/rbee/sub.... The
+// XDG spec says to ignore a relative XDG path.
+func rbeeDir(overrideEnv, xdgEnv, homeBase string, sub ...string) (string, error) {
+	if dir := os.Getenv(overrideEnv); dir != "" {
+		return filepath.Abs(dir)
 	}
-	// The XDG spec says to ignore a relative path.
-	if dir := os.Getenv(envXDGStateHome); filepath.IsAbs(dir) {
-		return filepath.Join(dir, "rbee"), nil
+	rest := append([]string{"rbee"}, sub...)
+	if dir := os.Getenv(xdgEnv); filepath.IsAbs(dir) {
+		return filepath.Join(append([]string{dir}, rest...)...), nil
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("find state dir: set %s: %w", envStateDir, err)
+		return "", fmt.Errorf("find the rbee directory: set %s: %w", overrideEnv, err)
 	}
-	return filepath.Join(home, ".local", "state", "rbee"), nil
+	return filepath.Join(append([]string{home, homeBase}, rest...)...), nil
 }
 
 // store is the directory holding one record and one log per worker.

@@ -310,7 +310,7 @@ func TestListenAddr(t *testing.T) {
 func TestStartDetached(t *testing.T) {
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sh")
+		t.Skip("no sh on PATH: this test starts a shell as a stand-in queen (every Unix has one)")
 	}
 	logPath := filepath.Join(t.TempDir(), "state", "rbee", "queen.log")
 	assert.NilError(t, os.MkdirAll(filepath.Dir(logPath), 0o700))

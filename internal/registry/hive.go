@@ -76,24 +76,8 @@ const hiveColumns = `name, host, ssh_user, ssh_port, key_path, local, created_at
 
 // Hives returns every hive, ordered by name.
 func (s *Store) Hives(ctx context.Context) ([]Hive, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+hiveColumns+` FROM hives ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list hives: %w", err)
-	}
-	defer rows.Close()
-
-	var hives []Hive
-	for rows.Next() {
-		h, err := scanHive(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list hives: %w", err)
-		}
-		hives = append(hives, h)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list hives: %w", err)
-	}
-	return hives, nil
+	return queryAll(ctx, s, "list hives", scanHive,
+		`SELECT `+hiveColumns+` FROM hives ORDER BY name`)
 }
 
 // Hive returns the hive called name, or an error wrapping ErrNotFound.
@@ -243,4 +227,28 @@ func scanHive(r scanner) (Hive, error) {
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface {
 	Scan(dest ...any) error
+}
+
+// queryAll runs a query and scans every row with scan; what names the
+// listing in errors ("list hives").
+func queryAll[T any](ctx context.Context, s *Store, what string, scan func(scanner) (T, error),
+	query string, args ...any) ([]T, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer rows.Close()
+
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
 }

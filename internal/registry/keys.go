@@ -56,24 +56,8 @@ func (s *Store) CreateAPIKey(ctx context.Context, k APIKey) error {
 
 // APIKeys returns every key, ordered by name.
 func (s *Store) APIKeys(ctx context.Context) ([]APIKey, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list API keys: %w", err)
-	}
-	defer rows.Close()
-
-	var keys []APIKey
-	for rows.Next() {
-		k, err := scanAPIKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list API keys: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list API keys: %w", err)
-	}
-	return keys, nil
+	return queryAll(ctx, s, "list API keys", scanAPIKey,
+		`SELECT `+apiKeyColumns+` FROM api_keys ORDER BY name`)
 }
 
 // APIKeyByHash returns the key whose hash is hash, or an error wrapping

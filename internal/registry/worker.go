@@ -109,26 +109,9 @@ func (s *Store) Worker(ctx context.Context, id string) (Worker, error) {
 // Workers returns the workers ordered by creation time, then id. Workers in
 // state stopped are left out unless includeStopped is set.
 func (s *Store) Workers(ctx context.Context, includeStopped bool) ([]Worker, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+workerColumns+` FROM workers
-		WHERE ? OR state != ? ORDER BY created_at, id`,
+	return queryAll(ctx, s, "list workers", scanWorker,
+		`SELECT `+workerColumns+` FROM workers WHERE ? OR state != ? ORDER BY created_at, id`,
 		includeStopped, string(api.WorkerStopped))
-	if err != nil {
-		return nil, fmt.Errorf("list workers: %w", err)
-	}
-	defer rows.Close()
-
-	var workers []Worker
-	for rows.Next() {
-		w, err := scanWorker(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list workers: %w", err)
-		}
-		workers = append(workers, w)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list workers: %w", err)
-	}
-	return workers, nil
 }
 
 // SetSpawned records what the hive reported after starting the worker. It
