@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,4 +47,44 @@ func firstToken(b *testing.B, c *cluster) {
 	_, done, err := httpapi.NewSSEReader(resp.Body).Next()
 	assert.NilError(b, err)
 	assert.Assert(b, !done)
+}
+
+// BenchmarkKillToReady measures how long a model misses a worker that
+// crashed: from kill -9 of a `--restart always` worker to the queen seeing
+// its replacement ready. That is the heartbeat deadline (three beats of
+// 500ms here), the first restart's backoff (about 1s), the spawn, the model
+// load and the first ready heartbeat. Each round kills a fresh worker, so
+// that every kill is a first restart: a worker killed again and again
+// waits a longer backoff each time, by design.
+func BenchmarkKillToReady(b *testing.B) {
+	c := newCluster(b, clusterOptions{heartbeatInterval: 500 * time.Millisecond})
+	var toLost, toReady time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		w := c.spawn("--restart", "always")
+		b.StartTimer()
+
+		killed := time.Now()
+		assert.NilError(b, syscall.Kill(w.PID, syscall.SIGKILL))
+		lost := false
+		for {
+			got := c.worker(w.ID)
+			if !lost && got.State != api.WorkerReady {
+				lost = true
+				toLost += time.Since(killed)
+			}
+			if lost && got.State == api.WorkerReady && got.Restarts == 1 {
+				break
+			}
+			assert.Assert(b, time.Since(killed) < time.Minute, "worker %s is %s", w.ID, got.State)
+			time.Sleep(10 * time.Millisecond)
+		}
+		toReady += time.Since(killed)
+
+		b.StopTimer()
+		c.mustRbee("worker", "stop", w.ID)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(toLost.Milliseconds())/float64(b.N), "ms_kill_to_lost")
+	b.ReportMetric(float64(toReady.Milliseconds())/float64(b.N), "ms_kill_to_ready")
 }

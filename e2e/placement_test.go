@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,12 +23,17 @@ import (
 
 // fakeHF plays Hugging Face's resolve endpoint for one file: a redirect to
 // a CDN path carrying X-Linked-Etag (the sha256) and X-Linked-Size, then
-// the bytes, with Range honoured.
-func fakeHF(t *testing.T, repo, file string, data []byte) *httptest.Server {
+// the bytes, with Range honoured. With a token, the file is private: the
+// resolve request without that bearer token gets 401.
+func fakeHF(t *testing.T, repo, file string, data []byte, token string) *httptest.Server {
 	t.Helper()
 	sum := sha256.Sum256(data)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /"+repo+"/resolve/main/"+file, func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && r.Header.Get("Authorization") != "Bearer "+token {
+			http.Error(w, "Invalid credentials", http.StatusUnauthorized)
+			return
+		}
 		w.Header().Set("X-Linked-Etag", `"`+hex.EncodeToString(sum[:])+`"`)
 		w.Header().Set("X-Linked-Size", strconv.Itoa(len(data)))
 		w.Header().Set("X-Repo-Commit", strings.Repeat("ab", 20))
@@ -45,7 +51,7 @@ func fakeHF(t *testing.T, repo, file string, data []byte) *httptest.Server {
 // spawns it without --hive: the queen places it on the hive that holds it.
 func TestDownloadThenPlace(t *testing.T) {
 	model := findModelBytes(t)
-	hf := fakeHF(t, "org/repo", "stories260K.gguf", model)
+	hf := fakeHF(t, "org/repo", "stories260K.gguf", model, "")
 	// The hive reads HF_ENDPOINT from its own environment, set here as a
 	// host's sshd or login configuration would set it.
 	env := sshtest.WithEnv("HF_ENDPOINT=" + hf.URL)
@@ -68,10 +74,12 @@ func TestDownloadThenPlace(t *testing.T) {
 	assert.Equal(t, m.Size, int64(len(model)))
 	assert.Assert(t, m.MemoryEstimate.CPURAM > 0)
 
-	var listed map[string][]api.Model
+	var listed api.Catalog
 	assert.NilError(t, json.Unmarshal([]byte(c.mustRbee("model", "list", "--json")), &listed))
-	assert.Equal(t, len(listed["h1"]), 1)
-	assert.Equal(t, len(listed["h2"]), 0)
+	assert.Equal(t, len(listed.Models), 1)
+	assert.DeepEqual(t, listed.Models[0].Hives, []string{"h1"})
+	assert.Equal(t, listed.Models[0].Name, "stories260K")
+	assert.Equal(t, len(listed.Unreachable), 0)
 
 	var w api.Worker
 	out = c.mustRbee("worker", "spawn", "-m", "stories260K", "--json")
@@ -97,8 +105,52 @@ func TestDownloadThenPlace(t *testing.T) {
 		assert.Check(t, is.Contains(errOut, "of RAM, but only"))
 	})
 
+	t.Run("placement estimates for the slots and context asked", func(t *testing.T) {
+		_, errOut, code := c.rbee("worker", "spawn", "-m", "stories260K",
+			"--ctx-size", strconv.Itoa(1<<24), "--slots", "64", "--no-wait")
+		assert.Equal(t, code, 1)
+		assert.Check(t, is.Contains(errOut, `no hive can run model "stories260K"`))
+		assert.Check(t, is.Regexp(`h1: needs [0-9.]+ [GT]iB of RAM`, errOut))
+	})
+	t.Run("a private file with the user's token and endpoint", func(t *testing.T) {
+		const token = "hf_e2e_secret_token"
+		private := fakeHF(t, "org/private", "stories260K.gguf", model, token)
+		args := []string{"model", "download", "hf:org/private/stories260K.gguf", "--hive", "h2",
+			"--name", "private", "--hf-endpoint", private.URL}
+		_, errOut, code := c.rbeeEnv([]string{"HF_TOKEN="}, args...)
+		assert.Equal(t, code, 1)
+		assert.Check(t, is.Contains(errOut, "private or gated"))
+
+		_, errOut, code = c.rbeeEnv([]string{"HF_TOKEN=" + token}, args...)
+		assert.Equal(t, code, 0, errOut)
+		var cat api.Catalog
+		assert.NilError(t, json.Unmarshal([]byte(c.mustRbee("model", "list", "--json")), &cat))
+		assert.Equal(t, len(cat.Models), 2)
+		assert.Equal(t, cat.Models[0].Name, "private")
+		assert.DeepEqual(t, cat.Models[0].Hives, []string{"h2"})
+		// Neither the queen's log nor its database holds the token.
+		assert.Check(t, !strings.Contains(c.queenLog.String(), token))
+		assertNotInFiles(t, filepath.Dir(c.dbPath), token)
+	})
+
 	c.mustRbee("worker", "stop", w.ID)
 	assert.Equal(t, c.worker(w.ID).State, api.WorkerStopped)
+}
+
+// assertNotInFiles checks that no file under dir holds secret.
+func assertNotInFiles(t *testing.T, dir, secret string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(data), secret) {
+			t.Errorf("%s holds the secret", path)
+		}
+		return err
+	})
+	assert.NilError(t, err)
 }
 
 // findModelBytes reads the test model (stories260K, or the generated one).

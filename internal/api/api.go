@@ -8,9 +8,11 @@ package api
 
 import "time"
 
-// ProtocolVersion is bumped whenever a change here is not backward compatible.
+// ProtocolVersion is bumped whenever a change here, or in the hive's flags
+// that the queen uses, is not backward compatible. 2: model list estimates
+// for a spawn's slots and context, download takes the token on stdin.
 // The queen refuses hives and workers that speak a different version.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // WorkerState is the observed state of a worker, as the queen records it.
 type WorkerState string

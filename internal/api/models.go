@@ -68,9 +68,13 @@ type ModelEvent struct {
 type Devices struct {
 	CPU  CPUDevice   `json:"cpu"`
 	GPUs []GPUDevice `json:"gpus"`
-	// GPUError says why GPUs could not be listed (nvidia-smi failed), when
-	// it is present; no nvidia-smi at all is no error.
+	// GPUError says why GPUs could not be listed (NVML and nvidia-smi
+	// failed), when it is present; no NVIDIA driver at all is no error.
 	GPUError string `json:"gpu_error,omitempty"`
+	// GPUSource is where the GPUs were read: "nvml" (go-nvml, in a hive
+	// built with cgo), "nvidia-smi" (the fallback), or "none" (neither
+	// is there: a CPU node). Empty from a hive older than this field.
+	GPUSource string `json:"gpu_source,omitempty"`
 }
 
 // CPUDevice is the node's CPU and RAM.
@@ -82,7 +86,7 @@ type CPUDevice struct {
 	OS           string `json:"os"`
 }
 
-// GPUDevice is one GPU as nvidia-smi reports it; memory in bytes.
+// GPUDevice is one GPU as NVML or nvidia-smi reports it; memory in bytes.
 type GPUDevice struct {
 	Index             int    `json:"index"`
 	Device            string `json:"device"` // "cuda:N", as --device takes it
@@ -99,6 +103,50 @@ type ModelDownloadRequest struct {
 	Ref      string `json:"ref"`
 	Revision string `json:"revision,omitempty"`
 	Name     string `json:"name,omitempty"`
+	// HFToken is the user's Hugging Face token, for a private or gated
+	// file; the queen hands it to the hive over the SSH session's stdin,
+	// never in argv, and neither stores nor logs it. Empty: the hive's
+	// own $HF_TOKEN.
+	HFToken string `json:"hf_token,omitempty"`
+	// HFEndpoint is a Hugging Face mirror's URL; empty: the hive's own
+	// $HF_ENDPOINT, else huggingface.co.
+	HFEndpoint string `json:"hf_endpoint,omitempty"`
+}
+
+// Catalog is the queen's GET /v1/catalog: every hive's models, one entry
+// per distinct file (same sha256), with the hives that hold it.
+type Catalog struct {
+	Models []CatalogModel `json:"models"`
+	// Unreachable lists the hives that could not be asked, and why; their
+	// models are missing from Models.
+	Unreachable []CatalogHiveError `json:"unreachable,omitempty"`
+}
+
+// CatalogModel is one model file of the Catalog. Its fields are those of
+// the hives' manifests (identical for the same sha256).
+type CatalogModel struct {
+	Name           string         `json:"name"`
+	File           string         `json:"file"`
+	Source         string         `json:"source"`
+	Revision       string         `json:"revision,omitempty"`
+	Size           int64          `json:"size"`
+	SHA256         string         `json:"sha256"`
+	Architecture   string         `json:"architecture,omitempty"`
+	Parameters     uint64         `json:"parameters,omitempty"`
+	Quantization   string         `json:"quantization,omitempty"`
+	ContextLength  uint64         `json:"context_length,omitempty"`
+	MemoryEstimate MemoryEstimate `json:"memory_estimate"`
+	// Hives hold this very file under Name, sorted.
+	Hives []string `json:"hives"`
+	// NameConflict: another entry has the same Name but another file (a
+	// different sha256); a spawn by name runs whichever its hive holds.
+	NameConflict bool `json:"name_conflict,omitempty"`
+}
+
+// CatalogHiveError is a hive the Catalog could not ask.
+type CatalogHiveError struct {
+	Hive  string `json:"hive"`
+	Error string `json:"error"`
 }
 
 // DownloadEvent is one server-sent event of POST /v1/models/download: the

@@ -1,10 +1,12 @@
 // Package heartbeat is both ends of the worker heartbeat. On the queen's
-// side, a Tracker keeps one deadline per worker and reports the workers
-// whose deadline passes. On the worker's side, a Sender posts heartbeats at
+// side, a Tracker keeps one deadline per worker, reports the workers whose
+// deadline passes, and stretches the interval it hands out as the fleet
+// grows, so that the heartbeats of the whole fleet stay under a ceiling. On the worker's side, a Sender posts heartbeats at
 // the interval the queen asks for, and backs off while the queen is away.
 package heartbeat
 
 import (
+	"math/rand/v2"
 	"sync"
 	"time"
 )
@@ -13,6 +15,14 @@ import (
 const (
 	DefaultInterval   = 2 * time.Second
 	DefaultFirstGrace = 30 * time.Second
+	// DefaultMaxBeatsPerSecond keeps heartbeats to a small share of what
+	// one queen handles: internal/queen's TestHeartbeatLoad, with no
+	// ceiling, measured about 3,300 heartbeats/s on 2 shared cores (the
+	// simulated fleet on the same cores), so 500/s leaves most of the CPU
+	// to routing. 10,000 workers then beat every 20s.
+	DefaultMaxBeatsPerSecond = 500
+	// DefaultJitter is the jitter the queen asks for (TrackerConfig.Jitter).
+	DefaultJitter = 0.1
 )
 
 // TrackerConfig sets a Tracker's timing. Zero fields take defaults.
@@ -27,8 +37,19 @@ type TrackerConfig struct {
 	// from yet, such as every worker in the registry when the queen starts.
 	// It must outlast a worker's retry backoff, so that a queen restart
 	// never condemns the fleet. Default 30s, and never less than
-	// Interval+Grace.
+	// Interval+Grace (both scaled to the fleet, see MaxBeatsPerSecond).
 	FirstGrace time.Duration
+	// MaxBeatsPerSecond is the ceiling on the heartbeats of all workers
+	// together. With n workers tracked, the interval handed out is
+	// max(Interval, n/MaxBeatsPerSecond), and Grace grows in the same
+	// proportion; the interval stops growing at MaxInterval, what a
+	// Sender accepts, so beyond MaxInterval*MaxBeatsPerSecond workers the
+	// ceiling gives. Default DefaultMaxBeatsPerSecond.
+	MaxBeatsPerSecond float64
+	// Jitter is the largest share of the interval added at random to each
+	// reply, so that workers which beat together (after a queen restart,
+	// say) drift apart. Zero: none; the queen uses DefaultJitter.
+	Jitter float64
 }
 
 // withDefaults fills in the zero (or negative) fields.
@@ -43,7 +64,33 @@ func (c TrackerConfig) withDefaults() TrackerConfig {
 		c.FirstGrace = DefaultFirstGrace
 	}
 	c.FirstGrace = max(c.FirstGrace, c.Interval+c.Grace)
+	if c.MaxBeatsPerSecond <= 0 {
+		c.MaxBeatsPerSecond = DefaultMaxBeatsPerSecond
+	}
+	c.Jitter = max(c.Jitter, 0)
 	return c
+}
+
+// scaled returns the interval to hand out, before jitter, and the grace
+// after it, when n workers are tracked: the fleet's beats stay under
+// MaxBeatsPerSecond, and the grace keeps its ratio to the interval.
+func (c TrackerConfig) scaled(n int) (interval, grace time.Duration) {
+	interval = c.Interval
+	fleet := time.Duration(float64(n) / c.MaxBeatsPerSecond * float64(time.Second))
+	if fleet > interval {
+		interval = min(fleet, max(MaxInterval, c.Interval))
+	}
+	grace = time.Duration(float64(c.Grace) * (float64(interval) / float64(c.Interval)))
+	return interval, grace
+}
+
+// firstDeadline is how long a worker known but not heard from has, with n
+// workers tracked: FirstGrace, or longer when the fleet is so large that
+// a worker may have been told a longer interval (with the most jitter)
+// by the queen before this one.
+func (c TrackerConfig) firstDeadline(n int) time.Duration {
+	interval, grace := c.scaled(n)
+	return max(c.FirstGrace, interval+time.Duration(c.Jitter*float64(interval))+grace)
 }
 
 // Tracker keeps one heartbeat deadline per worker and calls onExpire when
@@ -52,6 +99,7 @@ type Tracker struct {
 	cfg      TrackerConfig
 	clock    Clock
 	onExpire func(id string)
+	random   func() float64 // in [0, 1), for the jitter
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -65,6 +113,11 @@ type Tracker struct {
 type entry struct {
 	gen   uint64
 	timer Timer
+	// armedAt is when Arm set the first deadline of a worker not heard
+	// from yet; zero once it has beaten. Its first deadline is checked
+	// again at expiry against the fleet size then, because Arm is called
+	// for one worker after another while the fleet is restored.
+	armedAt time.Time
 	// firing is held while onExpire runs for this worker, so that Beat can
 	// wait for an expiry that is already on its way.
 	firing sync.Mutex
@@ -78,6 +131,7 @@ func NewTracker(cfg TrackerConfig, clock Clock, onExpire func(id string)) *Track
 		cfg:      cfg.withDefaults(),
 		clock:    clock,
 		onExpire: onExpire,
+		random:   rand.Float64,
 		entries:  make(map[string]*entry),
 	}
 }
@@ -85,36 +139,63 @@ func NewTracker(cfg TrackerConfig, clock Clock, onExpire func(id string)) *Track
 // Config returns the configuration in use, defaults filled in.
 func (t *Tracker) Config() TrackerConfig { return t.cfg }
 
-// Beat records a heartbeat from worker id: its deadline moves to
-// now+Interval+Grace, and an earlier deadline will no longer expire it.
-// It returns the interval the worker should wait before its next beat.
+// Beat records a heartbeat from worker id and returns the interval the
+// worker should wait before its next beat: Interval, or longer for a large
+// fleet (see MaxBeatsPerSecond), plus jitter. The worker's deadline moves
+// to that interval and the grace after it, and an earlier deadline will
+// no longer expire it.
 //
 // When Beat returns, any onExpire for an earlier deadline of id has
 // finished, so a caller that records the heartbeat after Beat always
 // writes last.
 func (t *Tracker) Beat(id string) time.Duration {
-	if e := t.arm(id, t.cfg.Interval+t.cfg.Grace, true); e != nil {
+	next, e := t.beat(id)
+	if e != nil {
 		e.waitFiring()
 	}
-	return t.cfg.Interval
+	return next
+}
+
+// beat sets id's deadline after a heartbeat and returns the interval to
+// hand back, and the entry (nil after Stop).
+func (t *Tracker) beat(id string) (time.Duration, *entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(t.entries)
+	if _, ok := t.entries[id]; !ok {
+		n++
+	}
+	interval, grace := t.cfg.scaled(n)
+	next := interval + time.Duration(t.cfg.Jitter*t.random()*float64(interval))
+	if t.stopped {
+		return next, nil
+	}
+	e := t.setLocked(id, next+grace, true)
+	e.armedAt = time.Time{}
+	return next, e
 }
 
 // Arm gives worker id a first deadline of FirstGrace from now, for a
-// worker known but not yet heard from. It does nothing when the worker is
+// worker known but not yet heard from; longer when the fleet is so large
+// that its interval exceeds FirstGrace. It does nothing when the worker is
 // already tracked.
 func (t *Tracker) Arm(id string) {
-	t.arm(id, t.cfg.FirstGrace, false)
-}
-
-// arm sets a deadline d from now for id, replacing an existing one only
-// when replace is set, and returns the entry (nil after Stop).
-func (t *Tracker) arm(id string, d time.Duration, replace bool) *entry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.stopped {
-		return nil
+		return
 	}
+	if _, ok := t.entries[id]; ok {
+		return
+	}
+	e := t.setLocked(id, t.cfg.firstDeadline(len(t.entries)+1), false)
+	e.armedAt = t.clock.Now()
+}
 
+// setLocked sets a deadline d from now for id, replacing an existing one
+// only when replace is set, and returns the entry. t.mu must be held, and
+// t not stopped.
+func (t *Tracker) setLocked(id string, d time.Duration, replace bool) *entry {
 	e, ok := t.entries[id]
 	if ok && !replace {
 		return e
@@ -148,6 +229,10 @@ func (t *Tracker) expire(id string, e *entry, gen uint64) {
 		t.mu.Unlock()
 		return // stopped, removed, or beat again since this timer was set
 	}
+	if t.extendFirstLocked(id, e) {
+		t.mu.Unlock()
+		return
+	}
 	e.timer = nil
 	e.gen++ // this deadline is spent: once per deadline, whatever the clock does
 	t.running.Add(1)
@@ -155,6 +240,23 @@ func (t *Tracker) expire(id string, e *entry, gen uint64) {
 
 	defer t.running.Done()
 	t.onExpire(id)
+}
+
+// extendFirstLocked moves the first deadline of a worker not heard from
+// yet further out when the fleet has grown since Arm, and reports whether
+// it did. t.mu must be held.
+func (t *Tracker) extendFirstLocked(id string, e *entry) bool {
+	if e.armedAt.IsZero() {
+		return false
+	}
+	left := e.armedAt.Add(t.cfg.firstDeadline(len(t.entries))).Sub(t.clock.Now())
+	if left <= 0 {
+		return false
+	}
+	e.gen++
+	gen := e.gen
+	e.timer = t.clock.AfterFunc(left, func() { t.expire(id, e, gen) })
+	return true
 }
 
 // Remove forgets worker id: its deadline is cancelled. An onExpire already

@@ -47,6 +47,7 @@ func newFakeTracker(t *testing.T) (*Tracker, *FakeClock, *expiries) {
 }
 
 func TestTrackerDefaults(t *testing.T) {
+	const rate = DefaultMaxBeatsPerSecond
 	tests := []struct {
 		name string
 		in   TrackerConfig
@@ -55,25 +56,31 @@ func TestTrackerDefaults(t *testing.T) {
 		{
 			name: "all zero",
 			want: TrackerConfig{Interval: 2 * time.Second, Grace: 4 * time.Second,
-				FirstGrace: 30 * time.Second},
+				FirstGrace: 30 * time.Second, MaxBeatsPerSecond: rate},
 		},
 		{
 			name: "grace follows interval",
 			in:   TrackerConfig{Interval: 5 * time.Second},
 			want: TrackerConfig{Interval: 5 * time.Second, Grace: 10 * time.Second,
-				FirstGrace: 30 * time.Second},
+				FirstGrace: 30 * time.Second, MaxBeatsPerSecond: rate},
 		},
 		{
 			name: "first grace at least one deadline",
 			in:   TrackerConfig{Interval: 20 * time.Second, FirstGrace: time.Second},
 			want: TrackerConfig{Interval: 20 * time.Second, Grace: 40 * time.Second,
-				FirstGrace: 60 * time.Second},
+				FirstGrace: 60 * time.Second, MaxBeatsPerSecond: rate},
 		},
 		{
 			name: "negative is default",
-			in:   TrackerConfig{Interval: -1, Grace: -1, FirstGrace: -1},
+			in:   TrackerConfig{Interval: -1, Grace: -1, FirstGrace: -1, MaxBeatsPerSecond: -1, Jitter: -1},
 			want: TrackerConfig{Interval: 2 * time.Second, Grace: 4 * time.Second,
-				FirstGrace: 30 * time.Second},
+				FirstGrace: 30 * time.Second, MaxBeatsPerSecond: rate},
+		},
+		{
+			name: "rate and jitter kept",
+			in:   TrackerConfig{MaxBeatsPerSecond: 50, Jitter: 0.25},
+			want: TrackerConfig{Interval: 2 * time.Second, Grace: 4 * time.Second,
+				FirstGrace: 30 * time.Second, MaxBeatsPerSecond: 50, Jitter: 0.25},
 		},
 	}
 	for _, tc := range tests {

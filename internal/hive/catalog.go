@@ -235,9 +235,19 @@ func fileSHA256(path string) (string, error) {
 // of the file at path. A file the parser cannot read is refused: the
 // catalog holds only models a worker can load.
 func describeGGUF(path string, m *api.Model) error {
+	if err := readGGUFInfo(path, m); err != nil {
+		return usageErrorf("%s is not a readable GGUF file: %v", path, err)
+	}
+	return nil
+}
+
+// readGGUFInfo is describeGGUF's work, with any panic of the parser (in
+// the header, the metadata or the estimate) returned as an error.
+func readGGUFInfo(path string, m *api.Model) (err error) {
+	defer recoverGGUF(&err)
 	gf, err := parser.ParseGGUFFile(path, parser.SkipLargeMetadata())
 	if err != nil {
-		return usageErrorf("%s is not a readable GGUF file: %v", path, err)
+		return err
 	}
 	meta := gf.Metadata()
 	m.Architecture = meta.Architecture
@@ -250,6 +260,36 @@ func describeGGUF(path string, m *api.Model) error {
 	m.ContextLength = arch.MaximumContextLength
 	m.MemoryEstimate = estimateMemory(gf, contextFor(m.ContextLength, 0), 1, -1)
 	return nil
+}
+
+// parseGGUF reads the GGUF header of the file at path, large metadata
+// arrays (the vocabulary) skipped. The file comes from outside (a
+// download, a path given to model add), so a panic of the parser on a
+// malformed header is turned into an error: a bad file must not take the
+// hive down (FuzzGGUFHeader feeds it arbitrary bytes).
+func parseGGUF(path string) (gf *parser.GGUFFile, err error) {
+	defer recoverGGUF(&err)
+	return parser.ParseGGUFFile(path, parser.SkipLargeMetadata())
+}
+
+// estimateFile re-reads the header of the model file at path and estimates
+// its memory for ctx tokens per slot (0: the model's default, from its
+// trained context) in each of slots slots, gpuLayers on the GPU (-1: all).
+func estimateFile(path string, trained uint64, ctx, slots, gpuLayers int) (
+	est api.MemoryEstimate, err error) {
+	defer recoverGGUF(&err)
+	gf, err := parser.ParseGGUFFile(path, parser.SkipLargeMetadata())
+	if err != nil {
+		return est, err
+	}
+	return estimateMemory(gf, contextFor(trained, ctx), slots, gpuLayers), nil
+}
+
+// recoverGGUF, deferred, turns a panic of gguf-parser-go into *err.
+func recoverGGUF(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("malformed GGUF header (the parser failed: %v)", r)
+	}
 }
 
 // contextFor is the context per slot a worker uses: ctx when set, else the

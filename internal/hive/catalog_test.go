@@ -168,3 +168,25 @@ func TestSpawnByCatalogName(t *testing.T) {
 	missing := runHive(t, testToken+"\n", f.spawnArgs("w2", "--model", "nope")...)
 	wantError(t, missing, api.HiveExitNotFound, `no model "nope" in the catalog`)
 }
+
+// TestModelListEstimatesForSpawn: --slots and --ctx-size re-estimate the
+// memory for that spawn (the queen's placement asks so); more context in
+// more slots needs more.
+func TestModelListEstimatesForSpawn(t *testing.T) {
+	_, model := newCatalogFixture(t)
+	assert.Equal(t, runHive(t, "", "model", "add", model).code, api.HiveExitOK)
+
+	one := decodeOne[api.ModelList](t, runHive(t, "", "model", "list").stdout).Models[0]
+	run := runHive(t, "", "model", "list", "--slots", "4", "--ctx-size", "8192")
+	assert.Equal(t, run.code, api.HiveExitOK)
+	four := decodeOne[api.ModelList](t, run.stdout).Models[0]
+
+	assert.Equal(t, four.MemoryEstimate.Slots, 4)
+	assert.Equal(t, four.MemoryEstimate.Context, 8192)
+	assert.Assert(t, four.MemoryEstimate.CPURAM > one.MemoryEstimate.CPURAM,
+		"4 × 8192 tokens: %d bytes, 1 slot: %d", four.MemoryEstimate.CPURAM,
+		one.MemoryEstimate.CPURAM)
+
+	bad := runHive(t, "", "model", "list", "--slots", "0")
+	wantError(t, bad, api.HiveExitUsage, "--slots must be 1 to 64")
+}

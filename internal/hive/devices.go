@@ -26,15 +26,22 @@ var nvidiaSMIQuery = []string{
 // smiTimeout bounds one run of nvidia-smi (it can hang on a wedged GPU).
 const smiTimeout = 10 * time.Second
 
+// Where the GPUs of `rbee-hive devices` came from (api.Devices.GPUSource).
+const (
+	gpuSourceNVML = "nvml"
+	gpuSourceSMI  = "nvidia-smi"
+	gpuSourceNone = "none"
+)
+
+// envNoNVML, set to 1, makes the hive skip NVML and ask nvidia-smi: an
+// escape hatch for a driver whose NVML misbehaves, and for tests.
+const envNoNVML = "RBEE_HIVE_NO_NVML"
+
 // newDevicesCmd reports the node's devices.
-//
-// Shortcoming: GPUs come from nvidia-smi, not go-nvml. go-nvml loads
-// libnvidia-ml through cgo (dlopen), and rbee-hive builds with
-// CGO_ENABLED=0; the worker, which has cgo, reads VRAM through NVML.
 func newDevicesCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "devices",
-		Short: "Report CPU cores, RAM and GPUs (through nvidia-smi when it is installed)",
+		Short: "Report CPU cores, RAM and GPUs (through NVML, else nvidia-smi)",
 		Args:  exactArgs(0),
 		RunE: runE(func(ctx context.Context, _ []string) error {
 			return a.printResult(detectDevices(ctx, "/proc/meminfo"))
@@ -42,18 +49,40 @@ func newDevicesCmd(a *app) *cobra.Command {
 	}
 }
 
+// detectDevices reads the CPU and RAM from meminfo and the GPUs from NVML
+// (go-nvml, in a cgo build), falling back to nvidia-smi when NVML cannot
+// be loaded or read, then to none.
 func detectDevices(ctx context.Context, meminfo string) api.Devices {
 	d := api.Devices{
-		CPU:  api.CPUDevice{Cores: runtime.NumCPU(), Architecture: runtime.GOARCH, OS: runtime.GOOS},
-		GPUs: []api.GPUDevice{},
+		CPU:       api.CPUDevice{Cores: runtime.NumCPU(), Architecture: runtime.GOARCH, OS: runtime.GOOS},
+		GPUs:      []api.GPUDevice{},
+		GPUSource: gpuSourceNone,
 	}
 	if total, avail, err := readMeminfo(meminfo); err == nil {
 		d.CPU.RAMTotal, d.CPU.RAMAvailable = total, avail
 	}
 
+	nvmlErr := errNoNVML
+	if os.Getenv(envNoNVML) != "1" {
+		var gpus []api.GPUDevice
+		if gpus, nvmlErr = nvmlGPUs(); nvmlErr == nil {
+			d.GPUs, d.GPUSource = gpus, gpuSourceNVML
+			return d
+		}
+	}
+	smiGPUs(ctx, &d)
+	if d.GPUSource == gpuSourceNone && !errors.Is(nvmlErr, errNoNVML) {
+		// NVML is installed but failed, and nvidia-smi did not help.
+		d.GPUError = joinText(d.GPUError, nvmlErr.Error())
+	}
+	return d
+}
+
+// smiGPUs fills d's GPUs from nvidia-smi, when it is installed.
+func smiGPUs(ctx context.Context, d *api.Devices) {
 	smi, err := exec.LookPath("nvidia-smi")
 	if err != nil {
-		return d // no NVIDIA driver: a CPU node
+		return // no NVIDIA driver: a CPU node
 	}
 	ctx, cancel := context.WithTimeout(ctx, smiTimeout)
 	defer cancel()
@@ -64,14 +93,20 @@ func detectDevices(ctx context.Context, meminfo string) api.Devices {
 			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
 		}
 		d.GPUError = "nvidia-smi: " + err.Error()
-		return d
+		return
 	}
 	gpus, err := parseNvidiaSMI(string(out))
 	if err != nil {
 		d.GPUError = err.Error()
 	}
-	d.GPUs = gpus
-	return d
+	d.GPUs, d.GPUSource = gpus, gpuSourceSMI
+}
+
+func joinText(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // readMeminfo returns MemTotal and MemAvailable in bytes.

@@ -1,6 +1,7 @@
 package hive
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"regexp"
@@ -73,6 +75,14 @@ type downloadOptions struct {
 	name         string
 	stallTimeout time.Duration
 	progress     time.Duration // between progress lines
+	// endpoint is --hf-endpoint, else $HF_ENDPOINT, else Hugging Face.
+	endpoint string
+	// tokenStdin says to read the token from stdin's first line (the
+	// queen forwards the user's there: never argv, which `ps` shows).
+	tokenStdin bool
+	// token is the bearer token for Hugging Face: from stdin, else
+	// $HF_TOKEN; set by runDownload.
+	token string
 	// wrapWriter, when set, wraps the partial file's writer (tests inject
 	// a full disk with it).
 	wrapWriter func(io.Writer) io.Writer
@@ -96,6 +106,10 @@ func newModelDownloadCmd(a *app) *cobra.Command {
 		"abort when no byte arrives for this long (the partial file is kept)")
 	f.DurationVar(&opts.progress, "progress-interval", 500*time.Millisecond,
 		"time between progress lines")
+	f.StringVar(&opts.endpoint, "hf-endpoint", "", "Hugging Face endpoint, a mirror's URL "+
+		"(default $"+envHFEndpoint+", else "+hfDefault+")")
+	f.BoolVar(&opts.tokenStdin, "hf-token-stdin", false, "read the Hugging Face token from "+
+		"stdin's first line (default $"+envHFToken+")")
 	return cmd
 }
 
@@ -119,6 +133,9 @@ func runDownload(ctx context.Context, opts *downloadOptions) error {
 	}
 	if opts.stallTimeout <= 0 || opts.progress <= 0 {
 		return usageErrorf("--stall-timeout and --progress-interval must be positive")
+	}
+	if err := opts.resolveHF(); err != nil {
+		return err
 	}
 	name := opts.name
 	if name == "" {
@@ -146,6 +163,56 @@ func runDownload(ctx context.Context, opts *downloadOptions) error {
 
 	d := &download{opts: opts, ref: ref, name: name, cat: c}
 	return d.run(ctx)
+}
+
+// resolveHF settles the endpoint and token: the flags first (the user's,
+// forwarded by the queen), else the hive's own environment.
+func (opts *downloadOptions) resolveHF() error {
+	if opts.endpoint == "" {
+		opts.endpoint = os.Getenv(envHFEndpoint)
+	}
+	opts.endpoint = strings.TrimSuffix(opts.endpoint, "/")
+	if opts.endpoint == "" {
+		opts.endpoint = hfDefault
+	}
+	if u, err := url.Parse(opts.endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") ||
+		u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return usageErrorf("invalid Hugging Face endpoint %q: use http(s)://HOST[/PATH]",
+			opts.endpoint)
+	}
+	opts.token = os.Getenv(envHFToken)
+	if opts.tokenStdin {
+		token, err := readSecretLine(opts.app.stdin, "Hugging Face token")
+		if err != nil {
+			return err
+		}
+		opts.token = token
+	}
+	return nil
+}
+
+// maxHFTokenLen bounds the Hugging Face token read from stdin.
+const maxHFTokenLen = 1024
+
+// readSecretLine reads a token, what names it, from stdin's first line.
+func readSecretLine(stdin io.Reader, what string) (string, error) {
+	if stdin == nil {
+		stdin = strings.NewReader("")
+	}
+	line, err := bufio.NewReader(io.LimitReader(stdin, maxHFTokenLen+2)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", failedErrorf("read the %s from stdin: %w", what, err)
+	}
+	token := strings.TrimSpace(line)
+	switch {
+	case token == "":
+		return "", usageErrorf("no %s on stdin: write it as one line", what)
+	case len(token) > maxHFTokenLen:
+		return "", usageErrorf("the %s on stdin is longer than %d bytes", what, maxHFTokenLen)
+	case strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "", usageErrorf("the %s on stdin holds spaces or control characters", what)
+	}
+	return token, nil
 }
 
 // download is one run of `model download`.
@@ -322,18 +389,15 @@ type linkedFile struct {
 // to the CDN, and returns the response and the linked file's hash, read
 // from the first response that carries one.
 func (d *download) request(ctx context.Context, offset int64) (*http.Response, linkedFile, error) {
-	endpoint := strings.TrimSuffix(os.Getenv(envHFEndpoint), "/")
-	if endpoint == "" {
-		endpoint = hfDefault
-	}
-	url := fmt.Sprintf("%s/%s/resolve/%s/%s", endpoint, d.ref.repo, d.opts.revision, d.ref.file)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	u := fmt.Sprintf("%s/%s/resolve/%s/%s", d.opts.endpoint, d.ref.repo, d.opts.revision,
+		d.ref.file)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, linkedFile{}, failedErrorf("download %s: %w", d.ref, err)
 	}
-	if token := os.Getenv(envHFToken); token != "" {
+	if d.opts.token != "" {
 		// net/http drops it on a redirect to another host (the CDN).
-		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Authorization", "Bearer "+d.opts.token)
 	}
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
@@ -405,8 +469,8 @@ func parseContentRange(v string) (start, size int64, ok bool) {
 func httpError(ref hfRef, revision string, status int) error {
 	switch status {
 	case http.StatusUnauthorized:
-		return usageErrorf("download %s: private or gated: set HF_TOKEN to a token "+
-			"that can read it (401)", ref)
+		return usageErrorf("download %s: private or gated: set HF_TOKEN (or pass "+
+			"--hf-token-file) to a token that can read it (401)", ref)
 	case http.StatusForbidden:
 		return usageErrorf("download %s: access refused: the model is gated; accept its "+
 			"terms on Hugging Face with the account of HF_TOKEN (403)", ref)

@@ -311,6 +311,67 @@ func TestDownloadPrivateWithToken(t *testing.T) {
 	assert.Equal(t, run.code, api.HiveExitOK)
 }
 
+// TestDownloadForwardedHF: the token on stdin and --hf-endpoint (what the
+// queen forwards from the user) win over the hive's own environment.
+func TestDownloadForwardedHF(t *testing.T) {
+	newCatalogFixture(t)
+	hf := newFakeHF(t)
+	t.Setenv(envHFEndpoint, "http://127.0.0.1:1") // the hive's own: wrong
+	t.Setenv(envHFToken, "hive-token")            // the hive's own: refused
+
+	run := runHive(t, hfToken+"\n", "model", "download", secretRef,
+		"--hf-endpoint", hf.srv.URL+"/", "--hf-token-stdin")
+
+	assert.Equal(t, run.code, api.HiveExitOK)
+	assert.Assert(t, !strings.Contains(run.stdout+run.stderr, hfToken), "the token was printed")
+	m := decodeLast[api.Model](t, run.stdout)
+	assert.Equal(t, m.Name, "tiny")
+}
+
+func TestDownloadForwardedHFRefused(t *testing.T) {
+	newCatalogFixture(t)
+	hf := newFakeHF(t)
+	tests := []struct {
+		name    string
+		stdin   string
+		args    []string
+		wantErr string
+	}{
+		{name: "no token on stdin", args: []string{"--hf-token-stdin"},
+			wantErr: "no Hugging Face token on stdin"},
+		{name: "token with a space", stdin: "a b\n", args: []string{"--hf-token-stdin"},
+			wantErr: "holds spaces or control characters"},
+		{name: "wrong token", stdin: "nope\n", args: []string{"--hf-token-stdin"},
+			wantErr: "private or gated"},
+		{name: "endpoint not http", args: []string{"--hf-endpoint", "file:///etc"},
+			wantErr: "invalid Hugging Face endpoint"},
+		{name: "endpoint without host", args: []string{"--hf-endpoint", "https://"},
+			wantErr: "invalid Hugging Face endpoint"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"model", "download", secretRef, "--hf-endpoint",
+				hf.srv.URL}, tc.args...)
+			run := runHive(t, tc.stdin, args...)
+			wantError(t, lastLine(run, lastOf(run.stdout)), api.HiveExitUsage, tc.wantErr)
+		})
+	}
+}
+
+// lastOf is the last line of stdout.
+func lastOf(stdout string) string {
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// decodeLast decodes the last line of stdout.
+func decodeLast[T any](t *testing.T, stdout string) T {
+	t.Helper()
+	var v T
+	assert.NilError(t, json.Unmarshal([]byte(lastOf(stdout)), &v), "stdout: %q", stdout)
+	return v
+}
+
 // fullDisk fails every write after limit bytes with ENOSPC.
 type fullDisk struct {
 	w     io.Writer
@@ -387,13 +448,16 @@ func TestDevices(t *testing.T) {
 	script := "#!/bin/sh\necho '0, Fake GPU, 8192, 4096, 8.6, 550.1'\n"
 	assert.NilError(t, os.WriteFile(filepath.Join(bin, "nvidia-smi"), []byte(script), 0o755))
 
+	// NVML is skipped, so that a machine with a GPU runs the fallback too.
+	t.Setenv(envNoNVML, "1")
 	tests := []struct {
-		name     string
-		path     string
-		wantGPUs int
+		name       string
+		path       string
+		wantGPUs   int
+		wantSource string
 	}{
-		{name: "no nvidia-smi", path: t.TempDir(), wantGPUs: 0},
-		{name: "with nvidia-smi", path: bin, wantGPUs: 1},
+		{name: "no nvidia-smi", path: t.TempDir(), wantGPUs: 0, wantSource: gpuSourceNone},
+		{name: "with nvidia-smi", path: bin, wantGPUs: 1, wantSource: gpuSourceSMI},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -405,6 +469,7 @@ func TestDevices(t *testing.T) {
 			assert.Assert(t, d.CPU.RAMTotal > 0)
 			assert.Equal(t, len(d.GPUs), tc.wantGPUs)
 			assert.Equal(t, d.GPUError, "")
+			assert.Equal(t, d.GPUSource, tc.wantSource)
 		})
 	}
 }

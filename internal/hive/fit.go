@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"strings"
 
-	parser "github.com/gpustack/gguf-parser-go"
-
 	"github.com/rbee-dev/rbee/internal/api"
 )
 
@@ -25,7 +23,7 @@ func noFitErrorf(format string, args ...any) error {
 // cannot measure (a header the parser cannot read, no nvidia-smi) is left
 // to the worker, with a warning.
 func checkSpawnFit(ctx context.Context, opts *spawnOptions, modelPath, name string) error {
-	gf, err := parser.ParseGGUFFile(modelPath, parser.SkipLargeMetadata())
+	gf, err := parseGGUF(modelPath)
 	if err != nil {
 		opts.app.log.Warn("cannot estimate the model's memory; not checking the fit",
 			"model", name, "error", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -29,28 +30,73 @@ func newModelCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// modelListOptions: the spawn a listing's memory estimates are for.
+type modelListOptions struct {
+	slots     int
+	ctxSize   int
+	gpuLayers int
+}
+
 func newModelListCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	opts := &modelListOptions{}
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the models in the catalog",
 		Args:  exactArgs(0),
 		RunE: runE(func(context.Context, []string) error {
-			c, err := openCatalog(false)
-			if err != nil {
-				return err
-			}
-			models, warnings, err := c.list()
-			if err != nil {
-				return err
-			}
-			for _, w := range warnings {
-				a.log.Warn("skipping unreadable catalog entry", "error", w)
-			}
-			if models == nil {
-				models = []api.Model{}
-			}
-			return a.printResult(api.ModelList{Models: models})
+			return runModelList(a, opts)
 		}),
+	}
+	f := cmd.Flags()
+	f.IntVar(&opts.slots, "slots", 1, "estimate memory for this many slots (1 to 64)")
+	f.IntVar(&opts.ctxSize, "ctx-size", 0, "estimate memory for this context per slot; "+
+		"0: the model's own, at most 4096")
+	f.IntVar(&opts.gpuLayers, "gpu-layers", -1, "estimate GPU memory with this many layers "+
+		"offloaded (-1: all)")
+	return cmd
+}
+
+func runModelList(a *app, opts *modelListOptions) error {
+	if opts.slots < 1 || opts.slots > 64 || opts.ctxSize < 0 || opts.ctxSize > math.MaxInt32 ||
+		opts.gpuLayers < -1 {
+		return usageErrorf("--slots must be 1 to 64, --ctx-size 0 or more, --gpu-layers -1 or more")
+	}
+	c, err := openCatalog(false)
+	if err != nil {
+		return err
+	}
+	models, warnings, err := c.list()
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		a.log.Warn("skipping unreadable catalog entry", "error", w)
+	}
+	if models == nil {
+		models = []api.Model{}
+	}
+	if *opts != (modelListOptions{slots: 1, gpuLayers: -1}) {
+		reestimate(a, models, opts)
+	}
+	return a.printResult(api.ModelList{Models: models})
+}
+
+// reestimate replaces the manifests' one-slot estimates with ones for the
+// spawn opts describes, read again from each file's header (milliseconds
+// a model: the large arrays are skipped). A model whose header cannot be
+// read keeps its manifest's estimate, with a warning.
+func reestimate(a *app, models []api.Model, opts *modelListOptions) {
+	for i, m := range models {
+		if int64(contextFor(m.ContextLength, opts.ctxSize))*int64(opts.slots) > math.MaxInt32 {
+			continue // more tokens than llama.cpp takes: the spawn refuses it anyway
+		}
+		est, err := estimateFile(m.Path, m.ContextLength, opts.ctxSize, opts.slots, opts.gpuLayers)
+		if err != nil {
+			a.log.Warn("cannot estimate the model's memory; keeping the catalog's",
+				"model", m.Name, "error", err)
+			continue
+		}
+		models[i].MemoryEstimate = est
 	}
 }
 

@@ -22,6 +22,7 @@ func newHiveCmd(root *rootOptions) *cobra.Command {
 		newHiveInstallCmd(root),
 		newHiveCheckCmd(root),
 		newHiveDrainCmd(root),
+		newHiveGCCmd(root),
 		newHiveUninstallCmd(root),
 		newHiveRmCmd(root),
 		newHiveDevicesCmd(root),

@@ -146,6 +146,7 @@ func newRootCmd(root *rootOptions) *cobra.Command {
 	cmd.AddCommand(
 		newQueenCmd(root),
 		newWorkerCmd(root),
+		newDeployCmd(root),
 		newHiveCmd(root),
 		newModelCmd(root),
 		newKeyCmd(root),

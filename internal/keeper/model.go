@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,7 +33,14 @@ type modelOptions struct {
 	Name     string
 	Force    bool
 	JSON     bool
+	// HFTokenFile holds the Hugging Face token to forward (default
+	// $HF_TOKEN); HFEndpoint is a mirror's URL to forward.
+	HFTokenFile string
+	HFEndpoint  string
 }
+
+// envHFToken is the Hugging Face token's variable, as HF's own tools read it.
+const envHFToken = "HF_TOKEN"
 
 func newModelDownloadCmd(root *rootOptions) *cobra.Command {
 	opts := &modelOptions{root: root}
@@ -51,16 +61,44 @@ func newModelDownloadCmd(root *rootOptions) *cobra.Command {
 	f.StringVar(&opts.Revision, "revision", "", "branch, tag or commit (default main)")
 	f.StringVar(&opts.Name, "name", "", "catalog name (default: file name without .gguf)")
 	f.BoolVar(&opts.JSON, "json", false, "print the model as JSON")
+	f.StringVar(&opts.HFTokenFile, "hf-token-file", "", "file holding the Hugging Face "+
+		"token for a private or gated model (default $"+envHFToken+"); the hive gets it "+
+		"over SSH stdin, and nothing stores it")
+	f.StringVar(&opts.HFEndpoint, "hf-endpoint", "", "Hugging Face mirror URL for the hive "+
+		"to download from (default: the hive's $HF_ENDPOINT, else huggingface.co)")
 	return cmd
 }
 
+// hfToken is the token to forward: --hf-token-file's, else $HF_TOKEN, else
+// none (the hive's own $HF_TOKEN then applies).
+func (opts *modelOptions) hfToken() (string, error) {
+	if opts.HFTokenFile == "" {
+		return strings.TrimSpace(os.Getenv(envHFToken)), nil
+	}
+	data, err := os.ReadFile(opts.HFTokenFile)
+	if err != nil {
+		return "", usageErrorf("read --hf-token-file: %v", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" || strings.ContainsAny(token, " \t\r\n") {
+		return "", usageErrorf("--hf-token-file %s must hold the token alone, on one line",
+			opts.HFTokenFile)
+	}
+	return token, nil
+}
+
 func runModelDownload(ctx context.Context, opts *modelOptions) error {
+	token, err := opts.hfToken()
+	if err != nil {
+		return err
+	}
 	c, err := opts.root.client()
 	if err != nil {
 		return err
 	}
 	resp, err := c.send(ctx, http.MethodPost, "/v1/models/download", api.ModelDownloadRequest{
-		Hive: opts.Hive, Ref: opts.Ref, Revision: opts.Revision, Name: opts.Name}, false)
+		Hive: opts.Hive, Ref: opts.Ref, Revision: opts.Revision, Name: opts.Name,
+		HFToken: token, HFEndpoint: opts.HFEndpoint}, false)
 	if err != nil {
 		return err
 	}
@@ -126,45 +164,73 @@ func newModelListCmd(root *rootOptions) *cobra.Command {
 	opts := &modelOptions{root: root}
 	cmd := &cobra.Command{
 		Use:   "list [--hive H]",
-		Short: "List the models in hives' catalogs (every hive without --hive)",
+		Short: "List the models of every hive, one row per model with the hives holding it",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Hive != "" {
+				return runHiveModelList(cmd.Context(), opts)
+			}
 			return runModelList(cmd.Context(), opts)
 		},
 	}
-	cmd.Flags().StringVar(&opts.Hive, "hive", "", "only this hive")
-	cmd.Flags().BoolVar(&opts.JSON, "json", false, "print {hive: [models]} as JSON")
+	cmd.Flags().StringVar(&opts.Hive, "hive", "", "only this hive (one row per model there)")
+	cmd.Flags().BoolVar(&opts.JSON, "json", false, "print the catalog as JSON "+
+		"({models: [...], unreachable: [...]}; with --hive, {hive: [models]})")
 	return cmd
 }
 
+// runModelList lists every hive's models from the queen's GET /v1/catalog:
+// one row per model file, with the hives that hold it. Hives that could
+// not be asked are named on stderr; the list is what the others hold.
 func runModelList(ctx context.Context, opts *modelOptions) error {
 	c, err := opts.root.client()
 	if err != nil {
 		return err
 	}
-	hives := []string{opts.Hive}
-	if opts.Hive == "" {
-		var list api.HiveList
-		if err := c.do(ctx, http.MethodGet, "/v1/hives", nil, &list); err != nil {
-			return err
-		}
-		hives = hives[:0]
-		for _, h := range list.Hives {
-			hives = append(hives, h.Name)
+	var cat api.Catalog
+	if err := c.do(ctx, http.MethodGet, "/v1/catalog", nil, &cat); err != nil {
+		return err
+	}
+	for _, u := range cat.Unreachable {
+		fmt.Fprintf(opts.root.Stderr, "rbee: warning: hive %s not listed: %s\n", u.Hive, u.Error)
+	}
+	if opts.JSON {
+		return writeJSON(opts.root.Stdout, cat)
+	}
+	t := newTable(opts.root.Stdout, opts.root.StdoutTTY, "NAME", "SIZE", "ARCH", "PARAMS",
+		"QUANT", "CONTEXT", "MEM(CPU)", "MEM(GPU)", "HIVES")
+	conflicts := map[string]bool{}
+	for _, m := range cat.Models {
+		t.row(m.Name, gib(uint64(m.Size)), orDash(m.Architecture), paramCount(m.Parameters),
+			orDash(m.Quantization), strconv.FormatUint(m.ContextLength, 10),
+			gib(m.MemoryEstimate.CPURAM), gib(m.MemoryEstimate.GPUVRAM),
+			strings.Join(m.Hives, ","))
+		if m.NameConflict {
+			conflicts[m.Name] = true
 		}
 	}
-	byHive := map[string][]api.Model{}
-	for _, h := range hives {
-		var list api.ModelList
-		if err := c.do(ctx, http.MethodGet, hivePath(h, "/models"), nil, &list); err != nil {
-			if opts.Hive != "" {
-				return err
-			}
-			fmt.Fprintf(opts.root.Stderr, "rbee: hive %s: %v\n", h, err)
-			continue
-		}
-		byHive[h] = list.Models
+	if err := t.flush(); err != nil {
+		return err
 	}
+	for _, name := range slices.Sorted(maps.Keys(conflicts)) {
+		fmt.Fprintf(opts.root.Stderr, "rbee: note: hives hold different files named %s "+
+			"(another sha256), listed on separate rows: a spawn of %s runs whichever its "+
+			"hive holds (see --json for each sha256)\n", name, name)
+	}
+	return nil
+}
+
+// runHiveModelList lists one hive's models.
+func runHiveModelList(ctx context.Context, opts *modelOptions) error {
+	c, err := opts.root.client()
+	if err != nil {
+		return err
+	}
+	var list api.ModelList
+	if err := c.do(ctx, http.MethodGet, hivePath(opts.Hive, "/models"), nil, &list); err != nil {
+		return err
+	}
+	byHive := map[string][]api.Model{opts.Hive: list.Models}
 	if opts.JSON {
 		return writeJSON(opts.root.Stdout, byHive)
 	}
@@ -177,12 +243,15 @@ func printModels(root *rootOptions, byHive map[string][]api.Model) error {
 	for hive, models := range byHive {
 		for _, m := range models {
 			t.row(m.Name, hive, gib(uint64(m.Size)), orDash(m.Architecture),
-				fmt.Sprintf("%.2fB", float64(m.Parameters)/1e9), orDash(m.Quantization),
+				paramCount(m.Parameters), orDash(m.Quantization),
 				strconv.FormatUint(m.ContextLength, 10), gib(m.MemoryEstimate.CPURAM))
 		}
 	}
 	return t.flush()
 }
+
+// paramCount writes a parameter count in billions.
+func paramCount(n uint64) string { return fmt.Sprintf("%.2fB", float64(n)/1e9) }
 
 func gib(n uint64) string { return fmt.Sprintf("%.2fGiB", float64(n)/(1<<30)) }
 

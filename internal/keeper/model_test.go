@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"gotest.tools/v3/assert"
@@ -25,7 +28,7 @@ func sse(w http.ResponseWriter, events ...api.DownloadEvent) {
 	}
 }
 
-func progress(n, total int64) api.DownloadEvent {
+func progressEvent(n, total int64) api.DownloadEvent {
 	return api.DownloadEvent{ModelEvent: api.ModelEvent{Event: "progress", Bytes: n,
 		Total: total, Rate: 2e6}}
 }
@@ -43,8 +46,9 @@ func TestModelDownload(t *testing.T) {
 		wantStderr []string
 	}{
 		{name: "progress as plain lines, then the model",
-			args:       []string{"--hive", "h1"},
-			events:     []api.DownloadEvent{progress(512<<10, 1<<20), progress(1<<20, 1<<20), done},
+			args: []string{"--hive", "h1"},
+			events: []api.DownloadEvent{progressEvent(512<<10, 1<<20),
+				progressEvent(1<<20, 1<<20), done},
 			wantCode:   exitOK,
 			wantStdout: []string{"tiny\th1\t0.00GiB\tllama\t"},
 			wantStderr: []string{
@@ -55,13 +59,14 @@ func TestModelDownload(t *testing.T) {
 			events: []api.DownloadEvent{done}, wantCode: exitOK,
 			wantStdout: []string{`"name": "tiny"`, `"source": "hf:org/repo/tiny.gguf"`}},
 		{name: "error event", args: []string{"--hive", "h1"},
-			events:   []api.DownloadEvent{progress(1, 2), failed},
+			events:   []api.DownloadEvent{progressEvent(1, 2), failed},
 			wantCode: exitError, wantStderr: []string{"sha256 mismatch"}},
 		{name: "stream ends early", args: []string{"--hive", "h1"},
-			events:   []api.DownloadEvent{progress(1, 2)},
+			events:   []api.DownloadEvent{progressEvent(1, 2)},
 			wantCode: exitError, wantStderr: []string{"run the command again to resume"}},
 		{name: "missing hive", wantCode: exitUsage, wantStderr: []string{"missing --hive"}},
 	}
+	t.Setenv(envHFToken, "")
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var got api.ModelDownloadRequest
@@ -90,10 +95,70 @@ func TestModelDownload(t *testing.T) {
 	}
 }
 
+// TestModelDownloadForwardsHF: the user's HF_TOKEN (or --hf-token-file)
+// and --hf-endpoint go to the queen in the request.
+func TestModelDownloadForwardsHF(t *testing.T) {
+	done := api.DownloadEvent{ModelEvent: api.ModelEvent{Event: "done"}, Model: &tinyModel}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	assert.NilError(t, os.WriteFile(tokenFile, []byte("hf_from_file\n"), 0o600))
+	badFile := filepath.Join(t.TempDir(), "bad")
+	assert.NilError(t, os.WriteFile(badFile, []byte("two words\n"), 0o600))
+	tests := []struct {
+		name      string
+		env       string
+		args      []string
+		wantToken string
+		wantErr   string
+	}{
+		{name: "from the environment", env: "hf_from_env", wantToken: "hf_from_env"},
+		{name: "the file wins", env: "hf_from_env", args: []string{"--hf-token-file", tokenFile},
+			wantToken: "hf_from_file"},
+		{name: "none"},
+		{name: "bad file", args: []string{"--hf-token-file", badFile},
+			wantErr: "must hold the token alone"},
+		{name: "missing file", args: []string{"--hf-token-file", badFile + ".absent"},
+			wantErr: "read --hf-token-file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(envHFToken, tc.env)
+			var got api.ModelDownloadRequest
+			srv := fakeQueen(t, map[string]http.HandlerFunc{
+				"POST /v1/models/download": func(w http.ResponseWriter, r *http.Request) {
+					_ = json.NewDecoder(r.Body).Decode(&got)
+					sse(w, done)
+				},
+			})
+			res := runKeeper(t, "", append([]string{"model", "download", "hf:org/repo/tiny.gguf",
+				"--hive", "h1", "--hf-endpoint", "https://mirror.example", "--queen-url",
+				srv.URL}, tc.args...)...)
+			if tc.wantErr != "" {
+				assert.Equal(t, res.code, exitUsage, res.stderr)
+				assert.Check(t, cmp.Contains(res.stderr, tc.wantErr))
+				return
+			}
+			assert.Equal(t, res.code, exitOK, res.stderr)
+			assert.Equal(t, got.HFToken, tc.wantToken)
+			assert.Equal(t, got.HFEndpoint, "https://mirror.example")
+			assert.Check(t, !strings.Contains(res.stdout+res.stderr, "hf_from"))
+		})
+	}
+}
+
 func TestModelList(t *testing.T) {
 	routes := map[string]http.HandlerFunc{
-		"GET /v1/hives": func(w http.ResponseWriter, _ *http.Request) {
-			reply(w, http.StatusOK, api.HiveList{Hives: []api.Hive{{Name: "h1"}, {Name: "down"}}})
+		"GET /v1/catalog": func(w http.ResponseWriter, _ *http.Request) {
+			reply(w, http.StatusOK, api.Catalog{
+				Models: []api.CatalogModel{
+					{Name: "tiny", Size: 1 << 20, Architecture: "llama", Parameters: 260_000,
+						Quantization: "F32", ContextLength: 512, SHA256: "aa",
+						MemoryEstimate: api.MemoryEstimate{CPURAM: 3 << 20, GPUVRAM: 4 << 20},
+						Hives:          []string{"h1", "h2"}, NameConflict: true},
+					{Name: "tiny", Size: 2 << 20, SHA256: "bb", Hives: []string{"h3"},
+						NameConflict: true},
+				},
+				Unreachable: []api.CatalogHiveError{{Hive: "down",
+					Error: `could not run rbee-hive on hive "down"`}}})
 		},
 		"GET /v1/hives/h1/models": func(w http.ResponseWriter, _ *http.Request) {
 			reply(w, http.StatusOK, api.ModelList{Models: []api.Model{tinyModel}})
@@ -107,15 +172,22 @@ func TestModelList(t *testing.T) {
 		args       []string
 		wantCode   int
 		wantStdout []string
-		wantStderr string
+		wantStderr []string
 	}{
-		{name: "every hive, one down", wantCode: exitOK,
-			wantStdout: []string{"tiny\th1\t0.00GiB\tllama\t0.00B\tF32\t512\t0.00GiB"},
-			wantStderr: `hive down: could not run rbee-hive on hive "down"`},
+		{name: "every hive: one row per file, with its hives", wantCode: exitOK,
+			wantStdout: []string{
+				"tiny\t0.00GiB\tllama\t0.00B\tF32\t512\t0.00GiB\t0.00GiB\th1,h2\n",
+				"tiny\t0.00GiB\t-\t0.00B\t-\t0\t0.00GiB\t0.00GiB\th3\n"},
+			wantStderr: []string{`rbee: warning: hive down not listed: could not run rbee-hive`,
+				"hives hold different files named tiny"}},
+		{name: "every hive as json", args: []string{"--json"}, wantCode: exitOK,
+			wantStdout: []string{`"hives": [`, `"unreachable": [`, `"name_conflict": true`}},
 		{name: "one hive as json", args: []string{"--hive", "h1", "--json"}, wantCode: exitOK,
 			wantStdout: []string{`"h1": [`, `"name": "tiny"`}},
+		{name: "one hive", args: []string{"--hive", "h1"}, wantCode: exitOK,
+			wantStdout: []string{"tiny\th1\t0.00GiB\tllama\t0.00B\tF32\t512\t0.00GiB"}},
 		{name: "the one hive asked for is down", args: []string{"--hive", "down"},
-			wantCode: exitError, wantStderr: `could not run rbee-hive on hive "down"`},
+			wantCode: exitError, wantStderr: []string{`could not run rbee-hive on hive "down"`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -126,7 +198,9 @@ func TestModelList(t *testing.T) {
 			for _, want := range tc.wantStdout {
 				assert.Check(t, cmp.Contains(res.stdout, want))
 			}
-			assert.Check(t, cmp.Contains(res.stderr, tc.wantStderr))
+			for _, want := range tc.wantStderr {
+				assert.Check(t, cmp.Contains(res.stderr, want))
+			}
 		})
 	}
 }

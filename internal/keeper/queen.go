@@ -256,14 +256,21 @@ type queenStopOptions struct {
 	root *rootOptions
 
 	Timeout time.Duration
+	Cascade bool
+	JSON    bool
 }
 
 func newQueenStopCmd(root *rootOptions) *cobra.Command {
 	opts := &queenStopOptions{root: root}
 	cmd := &cobra.Command{
 		Use:   "stop",
-		Short: "Stop the queen",
-		Args:  usageArgs(cobra.NoArgs),
+		Short: "Stop the queen; its workers keep running unless --cascade",
+		Long: "Stop the queen. Workers keep running and heartbeat to the next queen. With\n" +
+			"--cascade, every worker on every hive is drained first (in-flight requests\n" +
+			"get up to --timeout), stopped, and recorded as stopped, so the next queen\n" +
+			"starts none of them again; deployments are kept, and their replicas start\n" +
+			"again with the next queen (`rbee deploy rm NAME` forgets one).",
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.Timeout <= 0 {
 				return usageErrorf("--timeout must be positive, not %s", opts.Timeout)
@@ -272,7 +279,11 @@ func newQueenStopCmd(root *rootOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 10*time.Second,
-		"how long to wait until it has stopped")
+		"how long to wait until it has stopped; with --cascade, also how long each worker "+
+			"may drain")
+	cmd.Flags().BoolVar(&opts.Cascade, "cascade", false,
+		"drain and stop every worker on every hive first")
+	cmd.Flags().BoolVar(&opts.JSON, "json", false, "print the stopped workers as JSON")
 	return cmd
 }
 
@@ -281,8 +292,17 @@ func runQueenStop(ctx context.Context, opts *queenStopOptions) error {
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	err = c.do(rctx, http.MethodPost, "/v1/shutdown", nil, nil)
+	path, wait := "/v1/shutdown", requestTimeout
+	if opts.Cascade {
+		// Each worker drains up to Timeout, then its hive has stopTimeout.
+		path += "?cascade=true&timeout=" + url.QueryEscape(opts.Timeout.String())
+		wait += opts.Timeout
+		fmt.Fprintf(opts.root.Stderr, "rbee: draining and stopping every worker (up to %s)...\n",
+			opts.Timeout)
+	}
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	var res api.ShutdownResult
+	err = c.do(rctx, http.MethodPost, path, nil, &res)
 	cancel()
 	var down *queenDownError
 	if errors.As(err, &down) {
@@ -290,6 +310,9 @@ func runQueenStop(ctx context.Context, opts *queenStopOptions) error {
 		return err
 	}
 	if err != nil {
+		return err
+	}
+	if err := printCascade(opts, res); err != nil {
 		return err
 	}
 
@@ -300,8 +323,43 @@ func runQueenStop(ctx context.Context, opts *queenStopOptions) error {
 		return fmt.Errorf("the queen at %s still answers after %s: it may be finishing "+
 			"requests; run `rbee queen stop` again, or end its process", c.base, opts.Timeout)
 	}
-	_, err = fmt.Fprintln(opts.root.Stdout, "queen stopped")
-	return err
+	if opts.JSON {
+		return cascadeOutcome(res)
+	}
+	if _, err = fmt.Fprintln(opts.root.Stdout, "queen stopped"); err != nil {
+		return err
+	}
+	return cascadeOutcome(res)
+}
+
+// printCascade writes what a cascading stop stopped: one line per worker,
+// or the whole result as JSON; the workers it could not stop go to stderr.
+func printCascade(opts *queenStopOptions, res api.ShutdownResult) error {
+	if opts.JSON {
+		if res.Workers == nil {
+			res.Workers = []api.Worker{}
+		}
+		return writeJSON(opts.root.Stdout, res)
+	}
+	for _, w := range res.Workers {
+		if _, err := fmt.Fprintf(opts.root.Stdout, "stopped worker %s (%s on %s)\n",
+			w.ID, w.Model, w.Hive); err != nil {
+			return err
+		}
+	}
+	for _, e := range res.Errors {
+		fmt.Fprintf(opts.root.Stderr, "rbee: %s\n", e)
+	}
+	return nil
+}
+
+// cascadeOutcome fails when a cascading stop left workers running.
+func cascadeOutcome(res api.ShutdownResult) error {
+	if len(res.Errors) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the queen stopped, but %d worker(s) could not be stopped (see above): "+
+		"start the queen and run `rbee hive gc HIVE` on their hives", len(res.Errors))
 }
 
 // waitGone polls /health until nothing answers at the queen's address.

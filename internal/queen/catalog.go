@@ -9,8 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -32,6 +36,89 @@ func (s *Server) handleListHiveModels(w http.ResponseWriter, r *http.Request) er
 	}
 	httpapi.WriteJSON(w, http.StatusOK, list)
 	return nil
+}
+
+// handleCatalog lists the models of every hive, one entry per file with
+// the hives that hold it (GET /v1/catalog). A hive that cannot be asked is
+// named in Unreachable; it does not fail the list.
+func (s *Server) handleCatalog(w http.ResponseWriter, r *http.Request) error {
+	hives, err := s.store.Hives(r.Context())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), placementTimeout)
+	defer cancel()
+	lists := make([]hiveModels, len(hives))
+	var wg sync.WaitGroup
+	for i, h := range hives {
+		wg.Go(func() {
+			var list api.ModelList
+			lists[i] = hiveModels{hive: h.Name,
+				err: s.hives.run(ctx, h, []string{"model", "list"}, "", &list)}
+			lists[i].models = list.Models
+		})
+	}
+	wg.Wait()
+	httpapi.WriteJSON(w, http.StatusOK, mergeCatalog(lists))
+	return nil
+}
+
+// hiveModels is one hive's catalog, or why it could not be read.
+type hiveModels struct {
+	hive   string
+	models []api.Model
+	err    error
+}
+
+// mergeCatalog groups the hives' models by name and sha256: one entry per
+// distinct file, sorted by name, entries that share a name but not a file
+// marked NameConflict.
+func mergeCatalog(lists []hiveModels) api.Catalog {
+	out := api.Catalog{Models: []api.CatalogModel{}}
+	type key struct{ name, sha string }
+	index := map[key]int{}
+	for _, l := range lists {
+		if l.err != nil {
+			out.Unreachable = append(out.Unreachable, api.CatalogHiveError{Hive: l.hive,
+				Error: httpapi.AsError(l.err).Message})
+			continue
+		}
+		for _, m := range l.models {
+			k := key{m.Name, m.SHA256}
+			i, ok := index[k]
+			if !ok {
+				i = len(out.Models)
+				index[k] = i
+				out.Models = append(out.Models, catalogModel(m))
+			}
+			out.Models[i].Hives = append(out.Models[i].Hives, l.hive)
+		}
+	}
+	perName := map[string]int{}
+	for _, m := range out.Models {
+		perName[m.Name]++
+	}
+	for i := range out.Models {
+		sort.Strings(out.Models[i].Hives)
+		out.Models[i].NameConflict = perName[out.Models[i].Name] > 1
+	}
+	sort.SliceStable(out.Models, func(i, j int) bool {
+		a, b := out.Models[i], out.Models[j]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.Hives[0] < b.Hives[0]
+	})
+	return out
+}
+
+// catalogModel is m without what differs from hive to hive (its path and
+// dates).
+func catalogModel(m api.Model) api.CatalogModel {
+	return api.CatalogModel{Name: m.Name, File: m.File, Source: m.Source, Revision: m.Revision,
+		Size: m.Size, SHA256: m.SHA256, Architecture: m.Architecture, Parameters: m.Parameters,
+		Quantization: m.Quantization, ContextLength: m.ContextLength,
+		MemoryEstimate: m.MemoryEstimate, Hives: []string{}}
 }
 
 func (s *Server) handleDeleteHiveModel(w http.ResponseWriter, r *http.Request) error {
@@ -84,12 +171,9 @@ func (s *Server) handleDownloadModel(w http.ResponseWriter, r *http.Request) err
 	if err := s.hives.verify(r.Context(), h); err != nil {
 		return err
 	}
-	args := []string{"model", "download", req.Ref}
-	if req.Revision != "" {
-		args = append(args, "--revision", req.Revision)
-	}
-	if req.Name != "" {
-		args = append(args, "--name", req.Name)
+	args, stdin, err := downloadArgs(req)
+	if err != nil {
+		return err
 	}
 
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -106,25 +190,15 @@ func (s *Server) handleDownloadModel(w http.ResponseWriter, r *http.Request) err
 
 	var last []byte // the hive's result line: held back until it exits
 	progress := s.downloadProgress(h.Name, req.Ref)
-	res, err := s.hives.stream(r.Context(), h, args, func(line []byte) {
-		var ev api.ModelEvent
-		if json.Unmarshal(line, &ev) == nil && ev.Event == "progress" {
+	res, err := s.hives.streamIn(r.Context(), h, args, stdin, func(line []byte) {
+		if ev, ok := progressLine(line); ok {
 			progress(ev)
 			send(api.DownloadEvent{ModelEvent: ev})
 			return
 		}
 		last = bytes.Clone(line)
 	})
-	if err == nil && res.ExitCode != api.HiveExitOK {
-		res.Stdout = last
-		err = hiveFailure(h.Name, args, res)
-	}
-	var m api.Model
-	if err == nil {
-		if jerr := json.Unmarshal(last, &m); jerr != nil {
-			err = httpapi.Upstream(jerr, "hive %q printed a result rbee cannot read", h.Name)
-		}
-	}
+	m, err := downloadOutcome(h.Name, args, res, last, err)
 	if err != nil {
 		var he *httpapi.Error
 		if !errors.As(err, &he) {
@@ -139,6 +213,60 @@ func (s *Server) handleDownloadModel(w http.ResponseWriter, r *http.Request) err
 	s.downloadEvent(h.Name, api.DownloadStatus{Ref: req.Ref, Status: "done", Bytes: m.Size})
 	send(api.DownloadEvent{ModelEvent: api.ModelEvent{Event: "done"}, Model: &m})
 	return nil
+}
+
+// progressLine reads a line of `rbee-hive model download` as a progress
+// event; ok is false for any other line (the result, or noise).
+func progressLine(line []byte) (ev api.ModelEvent, ok bool) {
+	return ev, json.Unmarshal(line, &ev) == nil && ev.Event == "progress"
+}
+
+// downloadOutcome is the model a finished download command produced, from
+// its last line that was not progress, or the error: runErr (the command
+// could not run), the hive's error result, or a result rbee cannot read.
+func downloadOutcome(hive string, args []string, res sshexec.Result, last []byte,
+	runErr error) (api.Model, error) {
+	var m api.Model
+	if runErr != nil {
+		return m, runErr
+	}
+	if res.ExitCode != api.HiveExitOK {
+		res.Stdout = last
+		return m, hiveFailure(hive, args, res)
+	}
+	if err := json.Unmarshal(last, &m); err != nil {
+		return m, httpapi.Upstream(err, "hive %q printed a result rbee cannot read", hive)
+	}
+	return m, nil
+}
+
+// downloadArgs is the hive command of a download request, and its stdin:
+// the user's Hugging Face token, which must not be in argv (`ps` on the
+// hive shows argv), nor logged, nor stored.
+func downloadArgs(req api.ModelDownloadRequest) ([]string, io.Reader, error) {
+	args := []string{"model", "download", req.Ref}
+	if req.Revision != "" {
+		args = append(args, "--revision", req.Revision)
+	}
+	if req.Name != "" {
+		args = append(args, "--name", req.Name)
+	}
+	if req.HFEndpoint != "" {
+		u, err := url.Parse(req.HFEndpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, nil, httpapi.BadRequest("hf_endpoint",
+				"hf_endpoint must be an http(s) URL, got %q", req.HFEndpoint)
+		}
+		args = append(args, "--hf-endpoint", req.HFEndpoint)
+	}
+	if req.HFToken == "" {
+		return args, nil, nil
+	}
+	if strings.ContainsFunc(req.HFToken, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, nil, httpapi.BadRequest("hf_token",
+			"hf_token holds spaces or control characters: pass the token alone")
+	}
+	return append(args, "--hf-token-stdin"), strings.NewReader(req.HFToken + "\n"), nil
 }
 
 // downloadProgress returns the sink for one download's progress lines: it
@@ -190,16 +318,23 @@ func (c *hiveClient) verify(ctx context.Context, h registry.Hive) error {
 // overall timeout: the hive's own stall timeout bounds a download.
 func (c *hiveClient) stream(ctx context.Context, h registry.Hive, args []string,
 	onLine func([]byte)) (sshexec.Result, error) {
+	return c.streamIn(ctx, h, args, nil, onLine)
+}
+
+// streamIn is stream with stdin (nil: none) as the command's stdin.
+func (c *hiveClient) streamIn(ctx context.Context, h registry.Hive, args []string,
+	stdin io.Reader, onLine func([]byte)) (sshexec.Result, error) {
 	argv := c.argv(h, args...)
 	if !h.Local {
 		if c.pool == nil {
 			_, err := c.runnerFor(h)
 			return sshexec.Result{}, err
 		}
-		return c.pool.Stream(ctx, target(h), argv, nil, onLine)
+		return c.pool.Stream(ctx, target(h), argv, stdin, onLine)
 	}
 
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = stdin
 	if l, ok := c.local.(sshexec.Local); ok && len(l.Env) > 0 {
 		cmd.Env = append(os.Environ(), l.Env...)
 	}

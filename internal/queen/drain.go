@@ -63,7 +63,7 @@ func (s *Server) handleDrainWorker(w http.ResponseWriter, r *http.Request) error
 // drainWorker drains one worker; see handleDrainWorker.
 func (s *Server) drainWorker(ctx context.Context, wk registry.Worker, timeout time.Duration) (api.Worker, error) {
 	s.router.setState(wk.ID, api.WorkerDraining)
-	if err := s.store.SetState(ctx, wk.ID, api.WorkerDraining, ""); err != nil {
+	if err := s.setWorkerState(ctx, wk.ID, api.WorkerDraining, ""); err != nil {
 		return api.Worker{}, err
 	}
 	s.log.Info("draining worker", "worker_id", wk.ID, "timeout", timeout)

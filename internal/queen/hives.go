@@ -192,9 +192,19 @@ func parseSSH(s string) (sshexec.Target, error) {
 	return t, nil
 }
 
-// contact runs `rbee-hive version` on h with c and says what it found;
-// the error is that of the run, for callers that need one.
+// contact runs `rbee-hive version` on h with c, says what it found, and
+// tells event subscribers; the error is that of the run, for callers that
+// need one.
 func (s *Server) contact(ctx context.Context, c *hiveClient, h registry.Hive) (registry.Contact,
+	api.HiveVersion, error) {
+	ct, v, err := s.reach(ctx, c, h)
+	s.hiveEvent(h.Name, ct.Reachable, ct.LastError)
+	return ct, v, err
+}
+
+// reach is contact without the event: the hive probe publishes one only
+// when something changed.
+func (s *Server) reach(ctx context.Context, c *hiveClient, h registry.Hive) (registry.Contact,
 	api.HiveVersion, error) {
 	v, err := c.version(ctx, h)
 	ct := registry.Contact{CheckedAt: time.Now()}
@@ -217,7 +227,6 @@ func (s *Server) contact(ctx context.Context, c *hiveClient, h registry.Hive) (r
 	if c == s.hives {
 		s.hives.setVerified(h.Name, err == nil)
 	}
-	s.hiveEvent(h.Name, ct.Reachable, ct.LastError)
 	return ct, v, err
 }
 

@@ -318,5 +318,5 @@ func (s *Server) stopOn(ctx context.Context, h registry.Hive, id string) error {
 		return err
 	}
 	s.forget(id)
-	return s.store.SetState(ctx, id, api.WorkerStopped, "")
+	return s.setWorkerState(ctx, id, api.WorkerStopped, "")
 }

@@ -89,7 +89,10 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 		"events a subscriber may fall behind before it is dropped")
 	fs.DurationVar(&cfg.SummaryInterval, "summary-interval", defaultSummaryInterval,
 		"how often the summary event goes out")
-	fs.Usage = func() { usage(fs, stderr, "event-buffer", "summary-interval") }
+	// Hidden: for tests of hives that go away.
+	fs.DurationVar(&cfg.HiveProbeInterval, "hive-probe-interval", defaultHiveProbeInterval,
+		"how often each remote hive is probed for reachability")
+	fs.Usage = func() { usage(fs, stderr, "event-buffer", "summary-interval", "hive-probe-interval") }
 	if err := fs.Parse(args); err != nil {
 		return cfg, false, err
 	}
@@ -98,6 +101,9 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	}
 	if cfg.HeartbeatInterval < 100*time.Millisecond {
 		return cfg, false, fmt.Errorf("--heartbeat-interval must be at least 100ms, got %s", cfg.HeartbeatInterval)
+	}
+	if cfg.HiveProbeInterval <= 0 {
+		return cfg, false, fmt.Errorf("--hive-probe-interval must be positive, got %s", cfg.HiveProbeInterval)
 	}
 	if cfg.EventBuffer < 1 || cfg.SummaryInterval <= 0 {
 		return cfg, false, fmt.Errorf("--event-buffer and --summary-interval must be positive")

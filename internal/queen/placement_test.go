@@ -2,9 +2,11 @@ package queen
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 
@@ -107,6 +109,110 @@ func TestNeedsPlacement(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			assert.Equal(t, needsPlacement(tc.req), tc.want)
+		})
+	}
+}
+
+func TestRankPlacements(t *testing.T) {
+	const gib = 1 << 30
+	tiny := api.Model{Name: "tiny", MemoryEstimate: api.MemoryEstimate{CPURAM: 2 * gib}}
+	hive := func(name string, ram uint64) hiveReport {
+		return hiveReport{hive: name, models: []api.Model{tiny},
+			devices: api.Devices{CPU: api.CPUDevice{RAMAvailable: ram}}}
+	}
+	pp := rankPlacements("tiny", "cpu", []hiveReport{hive("a", 4*gib), hive("small", gib),
+		hive("b", 16*gib), hive("c", 8*gib), hive("d", 8*gib)})
+
+	assert.DeepEqual(t, pp.candidates, []placement{{"b", "cpu"}, {"c", "cpu"}, {"d", "cpu"},
+		{"a", "cpu"}}, cmp.AllowUnexported(placement{}))
+	assert.DeepEqual(t, pp.reasons, []string{"small: needs 2.00 GiB of RAM, 1.00 GiB available"})
+}
+
+func TestFitRequestListArgs(t *testing.T) {
+	layers, none := 10, -1
+	tests := []struct {
+		name string
+		f    fitRequest
+		want []string
+	}{
+		{name: "default spawn: the catalog's own estimate", f: fitRequest{slots: 1},
+			want: []string{"model", "list"}},
+		{name: "unset", want: []string{"model", "list"}},
+		{name: "slots and context", f: fitRequest{slots: 4, ctxSize: 8192},
+			want: []string{"model", "list", "--slots", "4", "--ctx-size", "8192"}},
+		{name: "gpu layers", f: fitRequest{gpuLayers: &layers},
+			want: []string{"model", "list", "--gpu-layers", "10"}},
+		{name: "out of range left to the spawn's checks",
+			f: fitRequest{slots: 1000, ctxSize: -1, gpuLayers: &none}, want: []string{"model", "list"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.DeepEqual(t, tc.f.listArgs(), tc.want)
+		})
+	}
+}
+
+// TestPlacementTry: when the hive placement chose refuses the spawn (its
+// exact fit check, exit 4, or the model is gone), the next candidate is
+// tried; another error ends the tries; when all refuse, the error says why
+// for each hive.
+func TestPlacementTry(t *testing.T) {
+	noFit := func(hive string) error {
+		return &httpapi.Error{Status: http.StatusUnprocessableEntity, Code: "does_not_fit",
+			Message: fmt.Sprintf("hive %q: model tiny (4096 tokens × 1 slots) needs 2.00 GiB "+
+				"of RAM, but only 1.00 GiB is available", hive)}
+	}
+	gone := &httpapi.Error{Status: http.StatusNotFound, Code: "not_found",
+		Message: `hive "h2": no model "tiny" in the catalog`}
+	down := &httpapi.Error{Status: http.StatusBadGateway, Code: "hive_unreachable",
+		Message: `could not run rbee-hive on hive "h2": dial`}
+	pp := placementPlan{model: "tiny", device: "cpu",
+		candidates: []placement{{"h1", "cpu"}, {"h2", "cpu"}, {"h3", "cuda:0"}},
+		reasons:    []string{`far: no model "tiny" in its catalog`}}
+
+	tests := []struct {
+		name      string
+		answers   map[string]error
+		wantTried []string
+		wantErr   error
+		wantMsgs  []string
+	}{
+		{name: "the first takes it", wantTried: []string{"h1"}},
+		{name: "the next takes it", answers: map[string]error{"h1": noFit("h1")},
+			wantTried: []string{"h1", "h2"}},
+		{name: "a model gone is a refusal too", answers: map[string]error{"h1": noFit("h1"),
+			"h2": gone}, wantTried: []string{"h1", "h2", "h3"}},
+		{name: "another error ends the tries", answers: map[string]error{"h1": noFit("h1"),
+			"h2": down}, wantTried: []string{"h1", "h2"}, wantErr: down},
+		{name: "all refuse", answers: map[string]error{"h1": noFit("h1"), "h2": noFit("h2"),
+			"h3": noFit("h3")}, wantTried: []string{"h1", "h2", "h3"},
+			wantMsgs: []string{`no hive can run model "tiny" on cpu:`,
+				"\n  h1: refused on cpu: model tiny (4096 tokens × 1 slots) needs 2.00 GiB",
+				"\n  h2: refused on cpu: model tiny", "\n  h3: refused on cuda:0: model tiny",
+				"\n  far: no model \"tiny\" in its catalog"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var tried []string
+			err := pp.try(func(c placement) error {
+				tried = append(tried, c.hive)
+				return tc.answers[c.hive]
+			})
+			assert.DeepEqual(t, tried, tc.wantTried)
+			switch {
+			case tc.wantMsgs != nil:
+				var he *httpapi.Error
+				assert.Assert(t, errors.As(err, &he))
+				assert.Equal(t, he.Status, http.StatusUnprocessableEntity)
+				assert.Equal(t, he.Code, "does_not_fit")
+				for _, want := range tc.wantMsgs {
+					assert.Check(t, is.Contains(he.Message, want))
+				}
+			case tc.wantErr != nil:
+				assert.Equal(t, err, tc.wantErr)
+			default:
+				assert.NilError(t, err)
+			}
 		})
 	}
 }

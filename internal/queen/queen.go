@@ -32,6 +32,11 @@ type Config struct {
 	QueueWait         time.Duration
 	Clock             heartbeat.Clock // nil: the real clock
 
+	// HeartbeatMaxRate is the most heartbeats per second the whole fleet
+	// is asked to send; the interval grows with the fleet to keep under
+	// it. 0: heartbeat.DefaultMaxBeatsPerSecond.
+	HeartbeatMaxRate float64
+
 	// AdvertiseURL is where workers on remote hives reach this queen
 	// (--advertise-url); empty: the listening address, when it is usable.
 	AdvertiseURL string
@@ -50,6 +55,9 @@ type Config struct {
 	// event goes out; 0: 2s. Tests set both small (hidden flags).
 	EventBuffer     int
 	SummaryInterval time.Duration
+	// HiveProbeInterval is how often each remote hive is probed for
+	// reachability; 0: 10s. Tests set it small (hidden flag).
+	HiveProbeInterval time.Duration
 }
 
 // Server is a running queen.
@@ -64,6 +72,13 @@ type Server struct {
 	keys    *keyring
 	metrics *metrics
 	events  *eventHub
+	// deploys is the in-memory side of deployments (deploy.go).
+	deploys deployState
+
+	// hbIndex and hbWriter keep heartbeats off SQLite (see heartbeats.go).
+	hbIndex  *hbIndex
+	hbWriter *hbWriter
+
 	// clock drives heartbeat deadlines and restarts; jitter returns a
 	// number in [0, 1) that spreads restart backoffs.
 	clock  heartbeat.Clock
@@ -93,6 +108,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		log:       log,
 		store:     store,
 		router:    newRouter(),
+		hbIndex:   newHBIndex(),
 		live:      newLiveStats(),
 		events:    newEventHub(log),
 		clock:     clock,
@@ -116,7 +132,8 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 	if cfg.QueueWait > 0 {
 		s.router.queueWait = cfg.QueueWait
 	}
-	s.tracker = heartbeat.NewTracker(heartbeat.TrackerConfig{Interval: cfg.HeartbeatInterval},
+	s.tracker = heartbeat.NewTracker(heartbeat.TrackerConfig{Interval: cfg.HeartbeatInterval,
+		MaxBeatsPerSecond: cfg.HeartbeatMaxRate, Jitter: heartbeat.DefaultJitter},
 		clock, s.workerLost)
 	if err := s.restore(context.Background()); err != nil {
 		s.hives.pool.Close()
@@ -129,6 +146,7 @@ func newServer(cfg Config, log *slog.Logger, queenURL string) (*Server, error) {
 		store.Close()
 		return nil, err
 	}
+	s.hbWriter = startHBWriter(store, log, hbFlushInterval)
 	return s, nil
 }
 
@@ -141,6 +159,7 @@ func (s *Server) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load workers: %w", err)
 	}
+	s.hbIndex.load(workers)
 	for _, w := range workers {
 		if w.State == api.WorkerFailed {
 			continue
@@ -157,6 +176,7 @@ func (s *Server) restore(ctx context.Context) error {
 // Close releases the registry and stops the deadline timers.
 func (s *Server) Close() error {
 	s.tracker.Stop()
+	s.hbWriter.close() // the heartbeats not written yet
 	s.keys.close()
 	if err := s.hives.pool.Close(); err != nil {
 		s.log.Warn("closing ssh connections", "error", err)
@@ -184,9 +204,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	summaries := make(chan struct{})
 	go func() { defer close(summaries); s.runSummaries(ctx, s.summaryInterval()) }()
 	defer func() { <-summaries }()
+	// Scale-down drains end after the reconcile loop, cut short by ctx.
+	defer s.deploys.drains.Wait()
 	reconciled := make(chan struct{})
 	go func() { defer close(reconciled); s.runReconcile(ctx, reconcileInterval) }()
 	defer func() { cancel(); <-reconciled }()
+	probed := make(chan struct{})
+	go func() { defer close(probed); s.runHiveProbe(ctx, s.hiveProbeInterval()) }()
+	defer func() { cancel(); <-probed }()
 	// Event streams are hijacked connections that Shutdown does not wait
 	// for: let go of them first, with a close reason.
 	srv.RegisterOnShutdown(s.events.close)
@@ -199,6 +224,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.log.Info("queen stopping")
+	// No heartbeat reaches a queen that drains: stop the deadlines first,
+	// or it would mark every worker lost, and the next queen would start
+	// with none routable.
+	s.tracker.Stop()
 	drainCtx, drainCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer drainCancel()
 	err := srv.Shutdown(drainCtx)

@@ -116,6 +116,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			s.log.Error("reconcile worker", "worker_id", wk.ID, "error", err)
 		}
 	}
+	s.reconcileDeployments(ctx) // deploy.go
 }
 
 // reconcileWorker does reconcile's work for one worker.
@@ -156,6 +157,9 @@ func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string)
 	if err != nil {
 		return err
 	}
+	if wait := hiveWait(hive); wait != "" {
+		return s.waitForHive(ctx, wk, wait)
+	}
 	s.forget(wk.ID)
 
 	var res api.StopResult
@@ -164,11 +168,13 @@ func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string)
 	if err != nil && httpapi.AsError(err).Status != http.StatusNotFound {
 		next := s.clock.Now().Add(backoff(wk.RestartStreak+1, s.jitter()))
 		s.log.Warn("restart: stop old process", "worker_id", wk.ID, "error", err)
+		s.markUnreachable(ctx, hive, err)
 		return errors.Join(err, s.store.SetNextRestart(ctx, wk.ID, next, ""))
 	}
 
 	wk.Token = newToken()
 	err = s.store.RecordRestart(ctx, wk.ID, wk.Token, reason)
+	s.hbIndex.drop(wk.ID) // the old token no longer holds
 	if errors.Is(err, registry.ErrNotFound) {
 		return nil // stopped by the user meanwhile
 	}
@@ -185,4 +191,18 @@ func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string)
 	// and the worker shuts itself down.
 	_, err = s.startOnHive(ctx, hive, wk)
 	return err
+}
+
+// waitForHive leaves wk's restart due, to run at the first reconcile pass
+// after the hive probe finds its hive back, and says why it waits, once.
+func (s *Server) waitForHive(ctx context.Context, wk registry.Worker, why string) error {
+	if wk.RestartReason == why {
+		return nil
+	}
+	if err := s.store.SetNextRestart(ctx, wk.ID, wk.NextRestart, why); err != nil {
+		return err
+	}
+	s.log.Warn("restart waits for hive", "worker_id", wk.ID, "hive", wk.Hive, "reason", why)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State, why)
+	return nil
 }

@@ -43,11 +43,19 @@ func (s *Server) routes() http.Handler {
 		r.Post("/hives/{name}/install", h(s.handleInstallHive))
 		r.Post("/hives/{name}/check", h(s.handleCheckHive))
 		r.Post("/hives/{name}/drain", h(s.handleDrainHive))
+		r.Get("/hives/{name}/orphans", h(s.handleHiveOrphans)) // gc.go
+		r.Post("/hives/{name}/gc", h(s.handleHiveGC))
 		r.Post("/hives/{name}/uninstall", h(s.handleUninstallHive))
 		r.Get("/hives/{name}/devices", h(s.handleHiveDevices))
 		r.Get("/hives/{name}/models", h(s.handleListHiveModels))
+		r.Get("/catalog", h(s.handleCatalog)) // every hive's models; see catalog.go
 		r.Delete("/hives/{name}/models/{model}", h(s.handleDeleteHiveModel))
 		r.Post("/models/download", h(s.handleDownloadModel))
+
+		r.Get("/deployments", h(s.handleListDeployments)) // deploy.go
+		r.Post("/deployments", h(s.handleDeploy))
+		r.Get("/deployments/{name}", h(s.handleGetDeployment))
+		r.Delete("/deployments/{name}", h(s.handleDeleteDeployment))
 
 		r.Get("/keys", h(s.handleListKeys))
 		r.Post("/keys", h(s.handleCreateKey))
@@ -90,8 +98,12 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
-	httpapi.WriteJSON(w, http.StatusAccepted, map[string]string{"status": "shutting_down"})
+func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) error {
+	res, err := s.cascadeIfAsked(r) // shutdown.go: ?cascade=true stops every worker first
+	if err != nil {
+		return err
+	}
+	httpapi.WriteJSON(w, http.StatusAccepted, res)
 	// Let the reply leave before the listener closes.
 	time.AfterFunc(50*time.Millisecond, s.shutdown)
 	return nil

@@ -73,6 +73,9 @@ func (s *Server) worker(ctx context.Context, id string) (registry.Worker, error)
 type spawnPlan struct {
 	hive registry.Hive
 	req  api.SpawnRequest
+	// placed, when the queen placed the worker, holds the other hives to
+	// try in order if the first refuses (see spawnPlaced).
+	placed *placementPlan
 }
 
 func (s *Server) handleSpawnWorker(w http.ResponseWriter, r *http.Request) error {
@@ -84,7 +87,7 @@ func (s *Server) handleSpawnWorker(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	wk, err := s.spawn(r.Context(), plan)
+	wk, err := s.spawnPlaced(r.Context(), plan)
 	if err != nil {
 		return err
 	}
@@ -100,17 +103,16 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if req.Device == "" {
 		req.Device = "cpu"
 	}
+	var placed *placementPlan
 	if needsPlacement(req) {
-		reports, err := s.hiveReports(ctx)
+		pp, err := s.placeSpawn(ctx, req)
 		if err != nil {
 			return spawnPlan{}, err
 		}
-		p, err := placeWorker(req.Model, req.Device, reports)
-		if err != nil {
-			return spawnPlan{}, err
-		}
+		p := pp.candidates[0]
 		s.log.Info("placed worker", "hive", p.hive, "device", p.device, "model", req.Model)
 		req.Hive, req.Device = p.hive, p.device
+		placed = &pp
 	}
 	if req.Hive == "" {
 		req.Hive = defaultHive
@@ -150,7 +152,7 @@ func (s *Server) planSpawn(ctx context.Context, req api.SpawnRequest) (spawnPlan
 	if err := s.canReachQueen(hive); err != nil {
 		return spawnPlan{}, err
 	}
-	return spawnPlan{hive: hive, req: req}, nil
+	return spawnPlan{hive: hive, req: req, placed: placed}, nil
 }
 
 // spawn records the worker as starting, has its hive start it, and records
@@ -196,7 +198,7 @@ func (s *Server) startOnHive(ctx context.Context, hive registry.Hive,
 	if err := s.hives.run(ctx, hive, args, wk.Token+"\n", &res); err != nil {
 		log.Warn("spawn failed", "error", err)
 		reason := httpapi.AsError(err).Message
-		_ = s.store.SetState(context.WithoutCancel(ctx), wk.ID, api.WorkerFailed, reason)
+		_ = s.setWorkerState(context.WithoutCancel(ctx), wk.ID, api.WorkerFailed, reason)
 		s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerFailed, reason)
 		return wk, err
 	}
@@ -205,7 +207,7 @@ func (s *Server) startOnHive(ctx context.Context, hive registry.Hive,
 	}
 	// The worker may have heartbeated already; only move starting forward.
 	if cur, err := s.store.Worker(ctx, wk.ID); err == nil && cur.State == api.WorkerStarting {
-		_ = s.store.SetState(ctx, wk.ID, api.WorkerLoading, "")
+		_ = s.setWorkerState(ctx, wk.ID, api.WorkerLoading, "")
 		s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerLoading,
 			"started on the hive, pid "+strconv.Itoa(res.PID))
 	}
@@ -246,7 +248,7 @@ func (s *Server) stopWorker(ctx context.Context, wk registry.Worker, how string)
 		return api.Worker{}, err
 	}
 	s.forget(wk.ID)
-	if err := s.store.SetState(ctx, wk.ID, api.WorkerStopped, ""); err != nil {
+	if err := s.setWorkerState(ctx, wk.ID, api.WorkerStopped, ""); err != nil {
 		return api.Worker{}, err
 	}
 	s.log.Info("worker stopped", "worker_id", wk.ID, "outcome", res.Outcome)
@@ -276,6 +278,7 @@ func (s *Server) forget(id string) {
 	s.router.remove(id)
 	s.tracker.Remove(id)
 	s.live.remove(id)
+	s.hbIndex.drop(id)
 }
 
 func newWorkerID() string { return "w-" + randomHex(workerIDSize) }

@@ -87,6 +87,28 @@ ALTER TABLE workers ADD COLUMN next_restart_at INTEGER;
 ALTER TABLE workers ADD COLUMN restart_reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE workers ADD COLUMN ready_at INTEGER;
 `,
+	// 5: deployments (N workers of one model kept running), and which
+	// deployment each worker belongs to (see deploy.go for why both).
+	`
+CREATE TABLE deployments (
+	name           TEXT PRIMARY KEY,
+	model          TEXT NOT NULL,
+	hive           TEXT NOT NULL DEFAULT '',
+	device         TEXT NOT NULL DEFAULT 'cpu',
+	slots          INTEGER NOT NULL DEFAULT 1,
+	ctx_size       INTEGER NOT NULL DEFAULT 0,
+	gpu_layers     INTEGER,
+	threads        INTEGER NOT NULL DEFAULT 0,
+	restart_policy TEXT NOT NULL DEFAULT 'on-failure'
+		CHECK (restart_policy IN ('always', 'on-failure', 'never')),
+	replicas       INTEGER NOT NULL CHECK (replicas >= 0),
+	created_at     INTEGER NOT NULL,
+	updated_at     INTEGER NOT NULL
+) STRICT;
+
+ALTER TABLE workers ADD COLUMN deployment TEXT NOT NULL DEFAULT '';
+CREATE INDEX workers_by_deployment ON workers (deployment) WHERE deployment != '';
+`,
 }
 
 // migrate applies the migrations db has not seen yet, each in its own

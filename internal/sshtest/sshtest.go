@@ -186,6 +186,22 @@ func (s *Server) Resume() {
 	}
 }
 
+// Start starts a stopped server again with the same host key on the same
+// address and port, as a host whose sshd comes back would. It does nothing
+// on a running server.
+func (s *Server) Start() {
+	s.t.Helper()
+	s.mu.Lock()
+	running := s.cmd != nil
+	s.mu.Unlock()
+	if running {
+		return
+	}
+	if err := s.start(); err != nil {
+		s.t.Fatalf("sshtest: start sshd again on %s: %v", s.HostPort(), err)
+	}
+}
+
 // Restart stops the server and starts it again with the same host key on
 // the same address and port.
 func (s *Server) Restart() {

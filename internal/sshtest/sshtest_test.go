@@ -64,6 +64,19 @@ func TestServerRestart(t *testing.T) {
 	assert.Equal(t, out, "back\n")
 }
 
+func TestServerStopThenStart(t *testing.T) {
+	t.Parallel()
+	s := StartServer(t, "127.0.0.2")
+
+	s.Stop()
+	assert.Assert(t, !greets(s.HostPort()), "a stopped server still answers")
+	s.Start()
+	s.Start() // a running server: nothing to do
+
+	out, _, _ := run(t, s, "echo back")
+	assert.Equal(t, out, "back\n")
+}
+
 func TestServerRotateHostKey(t *testing.T) {
 	t.Parallel()
 	s := StartServer(t, "127.0.0.3")

@@ -1,0 +1,588 @@
+package queen
+
+// Deployments keep N workers of one model running. The reconcile loop
+// (restart.go) calls reconcileDeployments after the restart pass; each
+// deployment's workers are counted, dead ones are given up on and
+// replaced, missing ones are spawned through placement, and extra ones are
+// drained.
+//
+// What counts as a replica: a worker of the deployment that the queen
+// wants running and that is starting, loading or ready, or that is lost,
+// failed or exited and that its restart policy will start again
+// (restartReason). The restart path owns that one: it keeps its slot, so
+// the deployment never spawns a second worker beside one being restarted.
+// A draining worker is on its way out and is not counted. A worker that
+// ended and that no restart will bring back (policy never, or it never got
+// ready) is retired (desired stopped, process stopped if it may still run)
+// and replaced; each retirement and each failed spawn lengthens the wait
+// before the next spawn (the restart backoff), so a model that cannot load
+// does not spawn a worker every second. The wait is forgotten once every
+// replica is ready.
+//
+// Shortcomings: spawns run one after another inside the reconcile pass,
+// so a slow hive delays restarts too (as restarts already delay each
+// other); a worker that its restart policy cannot bring back (its hive is
+// down) keeps its replica, and no replacement is placed elsewhere; the
+// backoff lives in memory and starts afresh with the queen.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/httpapi"
+	"github.com/rbee-dev/rbee/internal/registry"
+)
+
+// maxReplicas bounds one deployment.
+const maxReplicas = 64
+
+// deployState is the queen's in-memory side of deployments.
+type deployState struct {
+	// mu makes one reconcile of deployments run at a time, whether the
+	// loop or a request started it, so that two never spawn for one gap.
+	mu sync.Mutex
+	// halted is set by a cascading shutdown: nothing is spawned any more.
+	halted bool
+	// retry holds, per deployment, the failures in a row and when the next
+	// spawn may happen. retryMu guards it alone, so that reading where a
+	// deployment stands never waits for a spawn.
+	retryMu sync.Mutex
+	retry   map[string]spawnRetry
+	// lifetime is the reconcile loop's context, which ends with the queen;
+	// scale-down drains are cut short with it.
+	lifetime context.Context
+	// drains tracks the scale-down drains running in the background.
+	drains sync.WaitGroup
+}
+
+// spawnRetry is one deployment's recent spawn failures.
+type spawnRetry struct {
+	streak int
+	next   time.Time
+	err    string
+}
+
+// lifetimeCtx is the context background drains run under.
+func (d *deployState) lifetimeCtx() context.Context {
+	if d.lifetime == nil {
+		return context.Background()
+	}
+	return d.lifetime
+}
+
+// retryOf returns deployment name's recent failures, if any.
+func (d *deployState) retryOf(name string) (spawnRetry, bool) {
+	d.retryMu.Lock()
+	defer d.retryMu.Unlock()
+	r, ok := d.retry[name]
+	return r, ok
+}
+
+// clearRetry forgets deployment name's failures.
+func (d *deployState) clearRetry(name string) {
+	d.retryMu.Lock()
+	defer d.retryMu.Unlock()
+	delete(d.retry, name)
+}
+
+// halt stops every deployment from spawning, for good.
+func (d *deployState) halt() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.halted = true
+}
+
+// reconcileDeployments brings every deployment to its replica count.
+func (s *Server) reconcileDeployments(ctx context.Context) {
+	s.deploys.mu.Lock()
+	defer s.deploys.mu.Unlock()
+	if s.deploys.lifetime == nil {
+		s.deploys.lifetime = ctx
+	}
+	if s.deploys.halted {
+		return
+	}
+	deployments, err := s.store.Deployments(ctx)
+	if err != nil {
+		s.log.Error("reconcile: list deployments", "error", err)
+		return
+	}
+	for _, d := range deployments {
+		if ctx.Err() != nil {
+			return
+		}
+		if _, err := s.reconcileDeployment(ctx, d); err != nil {
+			s.log.Warn("reconcile deployment", "deployment", d.Name, "error", err)
+		}
+	}
+}
+
+// reconcileDeployment does reconcileDeployments' work for d, and reports
+// where d stands after it. The caller holds s.deploys.mu.
+func (s *Server) reconcileDeployment(ctx context.Context,
+	d registry.Deployment) (api.Deployment, error) {
+	workers, err := s.store.DeploymentWorkers(ctx, d.Name)
+	if err != nil {
+		return api.Deployment{}, err
+	}
+	live, dead := tally(workers)
+	for _, wk := range dead {
+		s.retire(ctx, d, wk)
+	}
+
+	var spawnErr error
+	switch {
+	case len(live) > d.Replicas:
+		live = s.scaleDown(ctx, d, live)
+	case len(live) < d.Replicas:
+		var started []registry.Worker
+		started, spawnErr = s.scaleUp(ctx, d, d.Replicas-len(live), len(live))
+		live = append(live, started...)
+	}
+	st := s.deploymentStatus(d, live)
+	if st.Ready == d.Replicas {
+		s.deploys.clearRetry(d.Name) // healthy: the next failure waits the least again
+		st.Error, st.NextSpawn = "", time.Time{}
+	}
+	return st, spawnErr
+}
+
+// tally sorts a deployment's wanted workers into live ones, which fill a
+// replica, and dead ones, which are to be replaced. Draining ones are in
+// neither.
+func tally(workers []registry.Worker) (live, dead []registry.Worker) {
+	for _, wk := range workers {
+		switch wk.State {
+		case api.WorkerStarting, api.WorkerLoading, api.WorkerReady:
+			live = append(live, wk)
+		case api.WorkerDraining:
+		default:
+			if restartReason(wk) != "" {
+				live = append(live, wk) // the restart path brings it back
+			} else {
+				dead = append(dead, wk)
+			}
+		}
+	}
+	return live, dead
+}
+
+// retire gives up on a dead worker of d, so that a new one replaces it.
+func (s *Server) retire(ctx context.Context, d registry.Deployment, wk registry.Worker) {
+	why := fmt.Sprintf("%s: %s; deployment %s replaces it", wk.State,
+		orText(wk.Error, "no reason given"), d.Name)
+	s.forget(wk.ID)
+	var err error
+	if wk.State == api.WorkerLost {
+		// A lost process may still run, hung: stop it, as far as the hive
+		// can be reached (`rbee hive gc` finds it otherwise), and record it
+		// stopped, so that a late heartbeat tells it to exit.
+		if err := s.stopOnHive(ctx, wk); err != nil {
+			s.log.Warn("stop retired worker", "worker_id", wk.ID, "error", err)
+		}
+		err = s.setWorkerState(ctx, wk.ID, api.WorkerStopped, why)
+	} else {
+		err = s.store.RetireWorker(ctx, wk.ID) // keeps failed, with its error
+	}
+	if err != nil {
+		s.log.Error("retire worker", "worker_id", wk.ID, "error", err)
+		return
+	}
+	s.noteSpawnFailure(d.Name, why)
+	s.log.Warn("worker retired", "worker_id", wk.ID, "deployment", d.Name, "reason", why)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State, why)
+}
+
+// stopOnHive has wk's hive stop its process; a hive that never heard of
+// it is fine.
+func (s *Server) stopOnHive(ctx context.Context, wk registry.Worker) error {
+	hive, err := s.store.Hive(ctx, wk.Hive)
+	if err != nil {
+		return err
+	}
+	var res api.StopResult
+	err = s.hives.run(ctx, hive, []string{"worker", "stop", wk.ID,
+		"--timeout", restartStopTimeout.String()}, "", &res)
+	if err != nil && httpapi.AsError(err).Status != http.StatusNotFound {
+		return err
+	}
+	return nil
+}
+
+// noteSpawnFailure lengthens the wait before d's next spawn.
+func (s *Server) noteSpawnFailure(name, why string) {
+	s.deploys.retryMu.Lock()
+	defer s.deploys.retryMu.Unlock()
+	if s.deploys.retry == nil {
+		s.deploys.retry = map[string]spawnRetry{}
+	}
+	r := s.deploys.retry[name]
+	r.next = s.clock.Now().Add(backoff(r.streak, s.jitter()))
+	r.streak++
+	r.err = why
+	s.deploys.retry[name] = r
+}
+
+// scaleUp spawns up to n workers for d, one after another, each placed
+// anew, and stops at the first failure. have is how many d has already.
+func (s *Server) scaleUp(ctx context.Context, d registry.Deployment,
+	n, have int) ([]registry.Worker, error) {
+	if r, ok := s.deploys.retryOf(d.Name); ok && s.clock.Now().Before(r.next) {
+		return nil, nil
+	}
+	var started []registry.Worker
+	for i := range n {
+		wk, err := s.spawnReplica(ctx, d)
+		if err != nil {
+			why := httpapi.AsError(err).Message
+			s.noteSpawnFailure(d.Name, why)
+			return started, err
+		}
+		s.log.Info("deployment scaled up", "deployment", d.Name, "worker_id", wk.ID,
+			"hive", wk.Hive, "replicas", d.Replicas)
+		s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State, fmt.Sprintf(
+			"replica %d of %d of deployment %s", have+i+1, d.Replicas, d.Name))
+		started = append(started, wk)
+	}
+	return started, nil
+}
+
+// spawnReplica starts one worker of d, placed as a spawn without --hive
+// is, and ties it to d. A worker recorded but not started is retired at
+// once, so that only one failure is counted for it. (When placement tried
+// several hives, only the last record is tied; the others stay failed,
+// as after a plain spawn.)
+func (s *Server) spawnReplica(ctx context.Context, d registry.Deployment) (registry.Worker, error) {
+	plan, err := s.planSpawn(ctx, spawnRequestOf(d))
+	if err != nil {
+		return registry.Worker{}, err
+	}
+	wk, err := s.spawnPlaced(ctx, plan) // the next hive when the first refuses
+	if wk.ID == "" {
+		return wk, err
+	}
+	// The record exists unless CreateWorker failed: tie it either way.
+	tagErr := s.store.SetWorkerDeployment(ctx, wk.ID, d.Name)
+	switch {
+	case err != nil && tagErr == nil:
+		if rerr := s.store.RetireWorker(ctx, wk.ID); rerr != nil {
+			s.log.Error("retire worker", "worker_id", wk.ID, "error", rerr)
+		}
+		return wk, err
+	case err != nil:
+		return wk, err
+	case tagErr != nil:
+		return wk, fmt.Errorf("tie worker %s to deployment %s: %w", wk.ID, d.Name, tagErr)
+	}
+	return wk, nil
+}
+
+// spawnRequestOf is the spawn request for one worker of d.
+func spawnRequestOf(d registry.Deployment) api.SpawnRequest {
+	return api.SpawnRequest{Model: d.Model, Name: d.Name, Hive: d.Hive, Device: d.Device,
+		Slots: d.Slots, CtxSize: d.CtxSize, GPULayers: d.GPULayers, Threads: d.Threads,
+		Restart: d.Restart}
+}
+
+// scaleDown drains the live workers d has beyond its replica count, in the
+// background, and returns the ones it keeps.
+func (s *Server) scaleDown(ctx context.Context, d registry.Deployment,
+	live []registry.Worker) []registry.Worker {
+	drainFirst(live, s.router.busy)
+	extra := len(live) - d.Replicas
+	for _, wk := range live[:extra] {
+		s.drainInBackground(ctx, d, wk)
+	}
+	return live[extra:]
+}
+
+// drainFirst orders workers by how little is lost by draining them: those
+// not ready yet first, then the least busy, then the newest.
+func drainFirst(workers []registry.Worker, busy func(id string) int) {
+	sort.SliceStable(workers, func(i, j int) bool {
+		a, b := workers[i], workers[j]
+		aReady, bReady := a.State == api.WorkerReady, b.State == api.WorkerReady
+		if aReady != bReady {
+			return !aReady
+		}
+		if ba, bb := busy(a.ID), busy(b.ID); ba != bb {
+			return ba < bb
+		}
+		return a.CreatedAt.After(b.CreatedAt)
+	})
+}
+
+// drainInBackground marks wk draining at once, so that it no longer counts
+// as a replica nor gets new requests, then lets what it serves finish and
+// stops it, as `rbee worker drain` does. A queen that stops meanwhile cuts
+// the wait short and stops the worker.
+//
+// Shortcoming: a queen that dies (not stops) during the wait leaves the
+// worker draining; `rbee worker stop ID` ends it.
+func (s *Server) drainInBackground(ctx context.Context, d registry.Deployment, wk registry.Worker) {
+	s.router.setState(wk.ID, api.WorkerDraining)
+	if err := s.setWorkerState(ctx, wk.ID, api.WorkerDraining, ""); err != nil {
+		s.log.Error("mark worker draining", "worker_id", wk.ID, "error", err)
+		return
+	}
+	s.log.Info("deployment scaled down", "deployment", d.Name, "worker_id", wk.ID,
+		"replicas", d.Replicas)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerDraining,
+		fmt.Sprintf("scaled down: deployment %s wants %d", d.Name, d.Replicas))
+
+	life := s.deploys.lifetimeCtx()
+	s.deploys.drains.Add(1)
+	go func() {
+		defer s.deploys.drains.Done()
+		how := "scaled down, drained"
+		if !s.waitIdle(life, wk.ID, defaultDrainTimeout) {
+			how = "scaled down, drain cut short with requests in flight"
+		}
+		stopCtx := context.WithoutCancel(life)
+		if _, err := s.stopWorker(stopCtx, wk, how); err != nil {
+			s.log.Warn("stop scaled-down worker", "worker_id", wk.ID, "error", err)
+			// Not wanted any more either way; `rbee hive gc` ends the process.
+			_ = s.store.RetireWorker(stopCtx, wk.ID)
+		}
+	}()
+}
+
+// deploymentStatus is d as the keeper sees it, with its live workers.
+func (s *Server) deploymentStatus(d registry.Deployment, live []registry.Worker) api.Deployment {
+	out := api.Deployment{Name: d.Name, Model: d.Model, Hive: d.Hive, Device: d.Device,
+		Slots: d.Slots, CtxSize: d.CtxSize, GPULayers: d.GPULayers, Threads: d.Threads,
+		Restart: d.Restart, Replicas: d.Replicas, Live: len(live), Workers: []string{},
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+	for _, wk := range live {
+		out.Workers = append(out.Workers, wk.ID)
+		if wk.State == api.WorkerReady {
+			out.Ready++
+		}
+	}
+	if r, ok := s.deploys.retryOf(d.Name); ok {
+		out.Error, out.NextSpawn = r.err, r.next
+	}
+	return out
+}
+
+// deploymentFrom checks a deploy request, naming the bad field, and fills
+// its defaults.
+func deploymentFrom(req api.DeployRequest) (registry.Deployment, error) {
+	d := registry.Deployment{Model: strings.TrimSpace(req.Model), Name: req.Name,
+		Hive: req.Hive, Device: req.Device, Slots: req.Slots, CtxSize: req.CtxSize,
+		GPULayers: req.GPULayers, Threads: req.Threads, Restart: req.Restart,
+		Replicas: req.Replicas}
+	switch {
+	case d.Model == "":
+		return d, httpapi.BadRequest("model", "model is required: a catalog name or a GGUF path")
+	case d.Replicas < 0 || d.Replicas > maxReplicas:
+		return d, httpapi.BadRequest("replicas", "replicas must be between 0 and %d, got %d",
+			maxReplicas, d.Replicas)
+	case d.Slots < 0 || d.Slots > maxSlots:
+		return d, httpapi.BadRequest("slots", "slots must be between 1 and %d, got %d",
+			maxSlots, d.Slots)
+	case d.CtxSize < 0:
+		return d, httpapi.BadRequest("ctx_size", "ctx_size must be 0 or more, got %d", d.CtxSize)
+	case d.Threads < 0:
+		return d, httpapi.BadRequest("threads", "threads must be 0 or more, got %d", d.Threads)
+	case d.GPULayers != nil && *d.GPULayers < 0:
+		return d, httpapi.BadRequest("gpu_layers", "gpu_layers must be 0 or more, got %d",
+			*d.GPULayers)
+	case d.Restart != "" && !registry.KnownRestartPolicy(d.Restart):
+		return d, httpapi.BadRequest("restart",
+			"restart must be always, on-failure or never, got %q", d.Restart)
+	}
+	if d.Name == "" {
+		d.Name = strings.TrimSuffix(filepath.Base(d.Model), ".gguf")
+	}
+	if d.Device == "" {
+		d.Device = "cpu"
+	}
+	if d.Slots == 0 {
+		d.Slots = 1
+	}
+	if d.Restart == "" {
+		d.Restart = api.RestartOnFailure
+	}
+	return d, nil
+}
+
+// handleDeploy records a deployment (or changes its replica count and
+// spawn settings) and brings it towards its count at once: it answers when
+// the missing workers are started, not when they are ready. A new
+// deployment whose first spawn is refused (no hive fits, bad model) is
+// forgotten, and the refusal is the answer.
+func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) error {
+	var req api.DeployRequest
+	if err := httpapi.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	d, err := deploymentFrom(req)
+	if err != nil {
+		return err
+	}
+	ctx := context.WithoutCancel(r.Context()) // a client that leaves must not cut a spawn
+	if d.Hive != "" {
+		if _, err := s.hive(ctx, d.Hive); err != nil {
+			return err
+		}
+	}
+
+	s.deploys.mu.Lock()
+	defer s.deploys.mu.Unlock()
+	if s.deploys.halted {
+		return httpapi.Unavailable(0, "the queen is shutting down")
+	}
+	created, err := s.store.PutDeployment(ctx, d)
+	if err != nil {
+		return err
+	}
+	if d, err = s.store.Deployment(ctx, d.Name); err != nil {
+		return err
+	}
+	s.deploys.clearRetry(d.Name) // asked again: try at once
+	s.log.Info("deployment recorded", "deployment", d.Name, "model", d.Model,
+		"replicas", d.Replicas, "created", created)
+
+	st, err := s.reconcileDeployment(ctx, d)
+	if err != nil && created && st.Live == 0 && httpapi.AsError(err).Status < 500 {
+		s.deploys.clearRetry(d.Name)
+		if derr := s.store.DeleteDeployment(ctx, d.Name); derr != nil {
+			return errors.Join(err, derr)
+		}
+		return err
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	httpapi.WriteJSON(w, status, st)
+	return nil
+}
+
+// deployment looks a deployment up, as a 404 when it does not exist.
+func (s *Server) deployment(ctx context.Context, name string) (registry.Deployment, error) {
+	d, err := s.store.Deployment(ctx, name)
+	if errors.Is(err, registry.ErrNotFound) {
+		return d, httpapi.NotFound("deployment_not_found",
+			"no deployment %q: see `rbee deploy list`", name)
+	}
+	return d, err
+}
+
+// observeDeployment is where d stands, without acting on it.
+func (s *Server) observeDeployment(ctx context.Context,
+	d registry.Deployment) (api.Deployment, error) {
+	workers, err := s.store.DeploymentWorkers(ctx, d.Name)
+	if err != nil {
+		return api.Deployment{}, err
+	}
+	live, _ := tally(workers)
+	return s.deploymentStatus(d, live), nil
+}
+
+func (s *Server) handleListDeployments(w http.ResponseWriter, r *http.Request) error {
+	all, err := s.store.Deployments(r.Context())
+	if err != nil {
+		return err
+	}
+	list := api.DeploymentList{Deployments: make([]api.Deployment, 0, len(all))}
+	for _, d := range all {
+		st, err := s.observeDeployment(r.Context(), d)
+		if err != nil {
+			return err
+		}
+		list.Deployments = append(list.Deployments, st)
+	}
+	httpapi.WriteJSON(w, http.StatusOK, list)
+	return nil
+}
+
+func (s *Server) handleGetDeployment(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.deployment(r.Context(), chi.URLParam(r, "name"))
+	if err != nil {
+		return err
+	}
+	st, err := s.observeDeployment(r.Context(), d)
+	if err != nil {
+		return err
+	}
+	httpapi.WriteJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// handleDeleteDeployment forgets a deployment, then drains and stops its
+// workers, all at once, within ?timeout= (as a drain), and answers with
+// them.
+func (s *Server) handleDeleteDeployment(w http.ResponseWriter, r *http.Request) error {
+	timeout, err := drainTimeout(r)
+	if err != nil {
+		return err
+	}
+	ctx := context.WithoutCancel(r.Context())
+	name := chi.URLParam(r, "name")
+	workers, err := s.forgetDeployment(ctx, name)
+	if err != nil {
+		return err
+	}
+	stopped, errs := s.drainAll(ctx, workers, timeout)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	httpapi.WriteJSON(w, http.StatusOK, api.DeploymentRemoved{Name: name, Workers: stopped})
+	return nil
+}
+
+// forgetDeployment deletes deployment name and returns the workers it had.
+func (s *Server) forgetDeployment(ctx context.Context, name string) ([]registry.Worker, error) {
+	s.deploys.mu.Lock()
+	defer s.deploys.mu.Unlock()
+	if _, err := s.deployment(ctx, name); err != nil {
+		return nil, err
+	}
+	workers, err := s.store.DeploymentWorkers(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.DeleteDeployment(ctx, name); err != nil {
+		return nil, err
+	}
+	s.deploys.clearRetry(name)
+	s.log.Info("deployment removed", "deployment", name, "workers", len(workers))
+	return workers, nil
+}
+
+// drainAll drains workers at once, each within timeout, and returns those
+// it stopped, and why each other one could not be, once all are done.
+func (s *Server) drainAll(ctx context.Context, workers []registry.Worker,
+	timeout time.Duration) ([]api.Worker, []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var errs []error
+	stopped := []api.Worker{}
+	for _, wk := range workers {
+		wg.Go(func() {
+			out, err := s.drainWorker(ctx, wk, timeout)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("worker %s on hive %s: %w", wk.ID, wk.Hive, err))
+				return
+			}
+			stopped = append(stopped, out)
+		})
+	}
+	wg.Wait()
+	sort.Slice(stopped, func(i, j int) bool { return stopped[i].ID < stopped[j].ID })
+	return stopped, errs
+}

@@ -1,0 +1,339 @@
+package queen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+
+	"github.com/rbee-dev/rbee/internal/api"
+	"github.com/rbee-dev/rbee/internal/heartbeat"
+	"github.com/rbee-dev/rbee/internal/registry"
+	"github.com/rbee-dev/rbee/internal/sshexec"
+)
+
+// fleetHive plays the local hive for deployments and gc: it spawns, stops
+// and lists workers, keeping a record of each as the real hive does, and
+// holds one catalog model, testModel, so that placement picks it.
+type fleetHive struct {
+	mu        sync.Mutex
+	records   map[string]api.HiveWorker
+	pid       int
+	spawnExit int // exit code of `worker spawn`; 0: it starts
+	stops     []string
+}
+
+func newFleetHive() *fleetHive { return &fleetHive{records: map[string]api.HiveWorker{}} }
+
+func (h *fleetHive) Run(_ context.Context, argv []string, _ io.Reader) (sshexec.Result, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	args := argv[1:]
+	var out any
+	switch strings.Join(args[:min(2, len(args))], " ") {
+	case "devices":
+		out = api.Devices{CPU: api.CPUDevice{RAMAvailable: 64 << 30}}
+	case "model list":
+		out = api.ModelList{Models: []api.Model{{Name: testModel}}}
+	case "worker spawn":
+		if h.spawnExit != 0 {
+			return sshexec.Result{ExitCode: h.spawnExit,
+				Stdout: []byte(`{"error":"model does not load"}`)}, nil
+		}
+		h.pid++
+		id := flagValue(args, "--id")
+		h.records[id] = api.HiveWorker{ID: id, PID: h.pid, Model: flagValue(args, "--name"),
+			Alive: true}
+		out = api.SpawnResult{ID: id, PID: h.pid, URL: "http://127.0.0.1:1", LogPath: "/l"}
+	case "worker stop":
+		id := args[2]
+		h.stops = append(h.stops, id)
+		if _, ok := h.records[id]; !ok {
+			return sshexec.Result{ExitCode: api.HiveExitNotFound,
+				Stdout: []byte(`{"error":"no worker"}`)}, nil
+		}
+		delete(h.records, id)
+		out = api.StopResult{ID: id, Outcome: "exited"}
+	case "worker list":
+		list := api.HiveWorkerList{Workers: []api.HiveWorker{}}
+		for _, w := range h.records {
+			list.Workers = append(list.Workers, w)
+		}
+		out = list
+	default:
+		return sshexec.Result{ExitCode: api.HiveExitUsage}, nil
+	}
+	data, err := json.Marshal(out)
+	return sshexec.Result{Stdout: data}, err
+}
+
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if a == name && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+func (h *fleetHive) stopped() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.stops...)
+}
+
+// newFleetServer is a queen on a fake clock with a fleetHive as its local
+// hive.
+func newFleetServer(t *testing.T) (*Server, *heartbeat.FakeClock, *fleetHive) {
+	t.Helper()
+	s, clock, _ := newRestartServer(t)
+	hive := newFleetHive()
+	s.hives.local = hive
+	return s, clock, hive
+}
+
+// deploy records a deployment of testModel with n replicas.
+func deploy(t *testing.T, s *Server, n int) {
+	t.Helper()
+	d, err := deploymentFrom(api.DeployRequest{SpawnRequest: api.SpawnRequest{Model: testModel},
+		Replicas: n})
+	assert.NilError(t, err)
+	_, err = s.store.PutDeployment(context.Background(), d)
+	assert.NilError(t, err)
+}
+
+// replicas returns the deployment's live workers, as GET would.
+func replicas(t *testing.T, s *Server) api.Deployment {
+	t.Helper()
+	d, err := s.store.Deployment(context.Background(), testModel)
+	assert.NilError(t, err)
+	st, err := s.observeDeployment(context.Background(), d)
+	assert.NilError(t, err)
+	return st
+}
+
+// beat records a heartbeat in state as the heartbeat handler would.
+func beat(t *testing.T, s *Server, id string, state api.WorkerState) {
+	t.Helper()
+	hb := api.Heartbeat{WorkerID: id, State: state}
+	assert.NilError(t, s.store.RecordHeartbeat(context.Background(), id, hb, s.clock.Now()))
+}
+
+func TestDeploymentScalesUpThroughPlacement(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	deploy(t, s, 2)
+
+	s.reconcile(ctx)
+	st := replicas(t, s)
+	assert.Check(t, is.Equal(st.Live, 2))
+	assert.Check(t, is.Len(hive.records, 2))
+	for _, id := range st.Workers {
+		wk, err := s.store.Worker(ctx, id)
+		assert.NilError(t, err)
+		assert.Check(t, is.Equal(wk.Hive, defaultHive), "placed on the hive holding the model")
+		assert.Check(t, is.Equal(wk.Model, testModel))
+		beat(t, s, id, api.WorkerReady)
+	}
+
+	s.reconcile(ctx) // nothing missing: nothing spawned
+	assert.Check(t, is.Len(hive.records, 2))
+	assert.Check(t, is.Equal(replicas(t, s).Ready, 2))
+}
+
+func TestDeploymentLeavesRestartsToTheRestartPath(t *testing.T) {
+	ctx := context.Background()
+	s, clock, hive := newFleetServer(t)
+	deploy(t, s, 2)
+	s.reconcile(ctx)
+	ids := replicas(t, s).Workers
+	for _, id := range ids {
+		beat(t, s, id, api.WorkerReady)
+	}
+
+	// Lost after it was ready: on-failure restarts it, under its own id.
+	assert.NilError(t, s.store.SetState(ctx, ids[0], api.WorkerLost, "no heartbeat"))
+	s.reconcile(ctx)
+	st := replicas(t, s)
+	assert.Check(t, is.Equal(st.Live, 2), "the lost worker keeps its slot")
+	assert.Check(t, is.Len(hive.records, 2), "no second worker beside the one being restarted")
+
+	clock.Advance(backoffBase)
+	s.reconcile(ctx)
+	back, err := s.store.Worker(ctx, ids[0])
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(back.Restarts, 1))
+	assert.Check(t, is.DeepEqual(replicas(t, s).Workers, ids))
+}
+
+func TestDeploymentReplacesDeadWorkersWithBackoff(t *testing.T) {
+	ctx := context.Background()
+	s, clock, hive := newFleetServer(t)
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	first := replicas(t, s).Workers[0]
+
+	// Failed while loading: no restart policy brings it back.
+	beat(t, s, first, api.WorkerFailed)
+	s.reconcile(ctx)
+	old, err := s.store.Worker(ctx, first)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(old.Desired, registry.DesiredStopped))
+	assert.Check(t, is.Equal(old.State, api.WorkerFailed), "retired, and still says how it ended")
+	st := replicas(t, s)
+	assert.Check(t, is.Equal(st.Live, 0), "the replacement waits out the backoff")
+	assert.Check(t, st.Error != "")
+
+	clock.Advance(backoffBase)
+	s.reconcile(ctx)
+	st = replicas(t, s)
+	assert.Assert(t, is.Len(st.Workers, 1))
+	assert.Check(t, st.Workers[0] != first)
+
+	// A hive that refuses the spawn: the record is retired at once, and
+	// the wait grows.
+	beat(t, s, st.Workers[0], api.WorkerFailed)
+	hive.spawnExit = api.HiveExitNoFit
+	for range 3 {
+		clock.Advance(backoffCap)
+		s.reconcile(ctx)
+	}
+	assert.Check(t, is.Equal(s.deploys.retry[testModel].streak, 4))
+	assert.Check(t, is.Equal(replicas(t, s).Live, 0))
+}
+
+func TestDeploymentStopsLostWorkerItReplaces(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	lost := replicas(t, s).Workers[0]
+
+	// Lost while loading: it may still run, hung.
+	assert.NilError(t, s.store.SetState(ctx, lost, api.WorkerLost, "no heartbeat"))
+	s.reconcile(ctx)
+	assert.Check(t, is.DeepEqual(hive.stopped(), []string{lost}))
+	wk, err := s.store.Worker(ctx, lost)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.State, api.WorkerStopped), "a late heartbeat is told to exit")
+	assert.Check(t, is.Contains(wk.Error, "deployment tiny replaces it"))
+}
+
+func TestDeploymentScalesDownLeastUsefulFirst(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	deploy(t, s, 3)
+	s.reconcile(ctx)
+	ids := replicas(t, s).Workers
+	beat(t, s, ids[0], api.WorkerReady) // the oldest is ready; the others still load
+
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	s.deploys.drains.Wait()
+	assert.Check(t, is.DeepEqual(replicas(t, s).Workers, ids[:1]))
+	for _, id := range ids[1:] {
+		wk, err := s.store.Worker(ctx, id)
+		assert.NilError(t, err)
+		assert.Check(t, is.Equal(wk.State, api.WorkerStopped))
+	}
+	assert.Check(t, is.Len(hive.records, 1))
+}
+
+func TestDrainFirst(t *testing.T) {
+	at := func(sec int) time.Time { return restartStart.Add(time.Duration(sec) * time.Second) }
+	workers := []registry.Worker{
+		{Worker: api.Worker{ID: "old-busy", State: api.WorkerReady, CreatedAt: at(0)}},
+		{Worker: api.Worker{ID: "old-idle", State: api.WorkerReady, CreatedAt: at(1)}},
+		{Worker: api.Worker{ID: "new-idle", State: api.WorkerReady, CreatedAt: at(2)}},
+		{Worker: api.Worker{ID: "loading", State: api.WorkerLoading, CreatedAt: at(0)}},
+	}
+	busy := map[string]int{"old-busy": 2}
+	drainFirst(workers, func(id string) int { return busy[id] })
+	var got []string
+	for _, w := range workers {
+		got = append(got, w.ID)
+	}
+	assert.DeepEqual(t, got, []string{"loading", "new-idle", "old-idle", "old-busy"})
+}
+
+// call sends a request to s's routes and decodes the answer into out.
+func call(t *testing.T, srv *httptest.Server, method, path, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	assert.NilError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	assert.NilError(t, err)
+	defer resp.Body.Close()
+	if out != nil {
+		assert.NilError(t, json.NewDecoder(resp.Body).Decode(out))
+	}
+	return resp.StatusCode
+}
+
+func TestDeploymentRoutes(t *testing.T) {
+	s, _, hive := newFleetServer(t)
+	srv := httptest.NewServer(s.routes())
+	t.Cleanup(srv.Close)
+
+	var body api.ErrorBody
+	code := call(t, srv, http.MethodPost, "/v1/deployments", `{"model":"tiny","replicas":-1}`, &body)
+	assert.Check(t, is.Equal(code, http.StatusBadRequest))
+	assert.Check(t, is.Equal(body.Error.Param, "replicas"))
+
+	var d api.Deployment
+	code = call(t, srv, http.MethodPost, "/v1/deployments",
+		`{"model":"`+testModel+`","replicas":2}`, &d)
+	assert.Check(t, is.Equal(code, http.StatusCreated))
+	assert.Check(t, is.Equal(d.Live, 2))
+	code = call(t, srv, http.MethodPost, "/v1/deployments",
+		`{"model":"`+testModel+`","replicas":2}`, &d)
+	assert.Check(t, is.Equal(code, http.StatusOK))
+
+	var list api.DeploymentList
+	assert.Check(t, is.Equal(call(t, srv, http.MethodGet, "/v1/deployments", "", &list), 200))
+	assert.Assert(t, is.Len(list.Deployments, 1))
+	assert.Check(t, is.Equal(list.Deployments[0].Replicas, 2))
+
+	var removed api.DeploymentRemoved
+	code = call(t, srv, http.MethodDelete, "/v1/deployments/"+testModel+"?timeout=1s", "", &removed)
+	assert.Check(t, is.Equal(code, http.StatusOK))
+	assert.Check(t, is.Len(removed.Workers, 2))
+	assert.Check(t, is.Len(hive.records, 0))
+	code = call(t, srv, http.MethodGet, "/v1/deployments/"+testModel, "", &body)
+	assert.Check(t, is.Equal(code, http.StatusNotFound))
+	assert.Check(t, is.Contains(body.Error.Message, "rbee deploy list"))
+
+	// A new deployment that no hive can run is refused, and not kept.
+	code = call(t, srv, http.MethodPost, "/v1/deployments", `{"model":"absent","replicas":1}`, &body)
+	assert.Check(t, is.Equal(code, http.StatusUnprocessableEntity))
+	_, err := s.store.Deployment(context.Background(), "absent")
+	assert.Check(t, errors.Is(err, registry.ErrNotFound))
+}
+
+func TestCascadeStopsEveryWorker(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	deploy(t, s, 2)
+	s.reconcile(ctx)
+
+	stopped, errs := s.stopEveryWorker(ctx, time.Second)
+	assert.Check(t, is.Len(errs, 0))
+	assert.Check(t, is.Len(stopped, 2))
+	assert.Check(t, is.Len(hive.records, 0))
+	all, err := s.store.Workers(ctx, true)
+	assert.NilError(t, err)
+	for _, wk := range all {
+		assert.Check(t, is.Equal(wk.Desired, registry.DesiredStopped))
+	}
+	s.reconcile(ctx) // halted: the deployment spawns nothing
+	assert.Check(t, is.Len(hive.records, 0))
+}
