@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"gotest.tools/v3/poll"
 
 	"github.com/rbee-dev/rbee/internal/httpapi"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // The load test's size: short in `make test`; RBEE_LOAD_CLIENTS=200
@@ -97,8 +97,8 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 // to where they were. A refused client waits its Retry-After, as a
 // well-behaved one would.
 func TestStreamingLoad(t *testing.T) {
-	clients := envInt(t, "RBEE_LOAD_CLIENTS", defaultLoadClients)
-	duration := envDuration(t, "RBEE_LOAD_DURATION", defaultLoadDuration)
+	clients := testenv.Int(t, "RBEE_LOAD_CLIENTS", defaultLoadClients)
+	duration := testenv.Duration(t, "RBEE_LOAD_DURATION", defaultLoadDuration)
 	// A short queue, so that the short run sees refusals too.
 	c := newCluster(t, clusterOptions{heartbeatInterval: 500 * time.Millisecond,
 		queueLimit: loadQueueLimit})
@@ -272,26 +272,4 @@ func waitGoroutines(t *testing.T, c *cluster, limit float64) queenFigures {
 		return poll.Success()
 	}, poll.WithTimeout(20*time.Second), poll.WithDelay(100*time.Millisecond))
 	return f
-}
-
-func envInt(t *testing.T, name string, dflt int) int {
-	t.Helper()
-	raw := os.Getenv(name)
-	if raw == "" {
-		return dflt
-	}
-	n, err := strconv.Atoi(raw)
-	assert.NilError(t, err, "%s", name)
-	return n
-}
-
-func envDuration(t *testing.T, name string, dflt time.Duration) time.Duration {
-	t.Helper()
-	raw := os.Getenv(name)
-	if raw == "" {
-		return dflt
-	}
-	d, err := time.ParseDuration(raw)
-	assert.NilError(t, err, "%s", name)
-	return d
 }

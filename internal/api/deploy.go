@@ -57,6 +57,9 @@ type ShutdownResult struct {
 	Status  string   `json:"status"`
 	Workers []Worker `json:"workers,omitempty"`
 	Errors  []string `json:"errors,omitempty"`
+	// KeptDeployments names the deployments a cascade leaves in place:
+	// the next queen starts their replicas again.
+	KeptDeployments []string `json:"kept_deployments,omitempty"`
 }
 
 // Orphan is a worker process (or the record of one) that a hive started

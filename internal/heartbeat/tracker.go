@@ -64,7 +64,7 @@ func (c TrackerConfig) withDefaults() TrackerConfig {
 		c.FirstGrace = DefaultFirstGrace
 	}
 	c.FirstGrace = max(c.FirstGrace, c.Interval+c.Grace)
-	if c.MaxBeatsPerSecond <= 0 {
+	if !(c.MaxBeatsPerSecond > 0) { // NaN too
 		c.MaxBeatsPerSecond = DefaultMaxBeatsPerSecond
 	}
 	c.Jitter = max(c.Jitter, 0)
@@ -76,9 +76,11 @@ func (c TrackerConfig) withDefaults() TrackerConfig {
 // MaxBeatsPerSecond, and the grace keeps its ratio to the interval.
 func (c TrackerConfig) scaled(n int) (interval, grace time.Duration) {
 	interval = c.Interval
-	fleet := time.Duration(float64(n) / c.MaxBeatsPerSecond * float64(time.Second))
-	if fleet > interval {
-		interval = min(fleet, max(MaxInterval, c.Interval))
+	limit := max(MaxInterval, c.Interval)
+	// Capped as a float: a tiny ceiling would overflow the Duration.
+	fleet := float64(n) / c.MaxBeatsPerSecond * float64(time.Second)
+	if fleet > float64(interval) {
+		interval = time.Duration(min(fleet, float64(limit)))
 	}
 	grace = time.Duration(float64(c.Grace) * (float64(interval) / float64(c.Interval)))
 	return interval, grace

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dustin/go-humanize"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
@@ -201,9 +202,9 @@ func runModelList(ctx context.Context, opts *modelOptions) error {
 		"QUANT", "CONTEXT", "MEM(CPU)", "MEM(GPU)", "HIVES")
 	conflicts := map[string]bool{}
 	for _, m := range cat.Models {
-		t.row(m.Name, gib(uint64(m.Size)), orDash(m.Architecture), paramCount(m.Parameters),
+		t.row(m.Name, memSize(uint64(m.Size)), orDash(m.Architecture), paramCount(m.Parameters),
 			orDash(m.Quantization), strconv.FormatUint(m.ContextLength, 10),
-			gib(m.MemoryEstimate.CPURAM), gib(m.MemoryEstimate.GPUVRAM),
+			memSize(m.MemoryEstimate.CPURAM), memSize(m.MemoryEstimate.GPUVRAM),
 			strings.Join(m.Hives, ","))
 		if m.NameConflict {
 			conflicts[m.Name] = true
@@ -242,18 +243,36 @@ func printModels(root *rootOptions, byHive map[string][]api.Model) error {
 		"QUANT", "CONTEXT", "MEM(CPU)")
 	for hive, models := range byHive {
 		for _, m := range models {
-			t.row(m.Name, hive, gib(uint64(m.Size)), orDash(m.Architecture),
+			t.row(m.Name, hive, memSize(uint64(m.Size)), orDash(m.Architecture),
 				paramCount(m.Parameters), orDash(m.Quantization),
-				strconv.FormatUint(m.ContextLength, 10), gib(m.MemoryEstimate.CPURAM))
+				strconv.FormatUint(m.ContextLength, 10), memSize(m.MemoryEstimate.CPURAM))
 		}
 	}
 	return t.flush()
 }
 
-// paramCount writes a parameter count in billions.
-func paramCount(n uint64) string { return fmt.Sprintf("%.2fB", float64(n)/1e9) }
+// paramCount writes a parameter count the way model names do: 7.6B,
+// 494M, 293K.
+func paramCount(n uint64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.1fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.0fM", float64(n)/1e6)
+	case n > 0:
+		return fmt.Sprintf("%.0fK", float64(n)/1e3)
+	}
+	return "-"
+}
 
-func gib(n uint64) string { return fmt.Sprintf("%.2fGiB", float64(n)/(1<<30)) }
+// memSize writes a byte count in binary units: 1.1 MiB, 23 GiB; "-" for
+// zero, which here means unknown (a file whose header could not be read).
+func memSize(n uint64) string {
+	if n == 0 {
+		return "-"
+	}
+	return humanize.IBytes(n)
+}
 
 func newModelRmCmd(root *rootOptions) *cobra.Command {
 	opts := &modelOptions{root: root}
@@ -305,9 +324,9 @@ func newHiveDevicesCmd(root *rootOptions) *cobra.Command {
 			t := newTable(root.Stdout, root.StdoutTTY, "DEVICE", "NAME", "MEM TOTAL", "MEM FREE",
 				"COMPUTE", "DRIVER")
 			t.row("cpu", fmt.Sprintf("%d cores (%s)", d.CPU.Cores, d.CPU.Architecture),
-				gib(d.CPU.RAMTotal), gib(d.CPU.RAMAvailable), "-", "-")
+				memSize(d.CPU.RAMTotal), memSize(d.CPU.RAMAvailable), "-", "-")
 			for _, g := range d.GPUs {
-				t.row(g.Device, g.Name, gib(g.MemoryTotal), gib(g.MemoryFree),
+				t.row(g.Device, g.Name, memSize(g.MemoryTotal), memSize(g.MemoryFree),
 					g.ComputeCapability, g.Driver)
 			}
 			if d.GPUError != "" {

@@ -50,7 +50,7 @@ func TestModelDownload(t *testing.T) {
 			events: []api.DownloadEvent{progressEvent(512<<10, 1<<20),
 				progressEvent(1<<20, 1<<20), done},
 			wantCode:   exitOK,
-			wantStdout: []string{"tiny\th1\t0.00GiB\tllama\t"},
+			wantStdout: []string{"tiny\th1\t1.0 MiB\tllama\t260K\t"},
 			wantStderr: []string{
 				"hf:org/repo/tiny.gguf: 524288/1048576 bytes, 2.0 MB/s\n",
 				"hf:org/repo/tiny.gguf: 1048576/1048576 bytes, 2.0 MB/s\n",
@@ -176,8 +176,8 @@ func TestModelList(t *testing.T) {
 	}{
 		{name: "every hive: one row per file, with its hives", wantCode: exitOK,
 			wantStdout: []string{
-				"tiny\t0.00GiB\tllama\t0.00B\tF32\t512\t0.00GiB\t0.00GiB\th1,h2\n",
-				"tiny\t0.00GiB\t-\t0.00B\t-\t0\t0.00GiB\t0.00GiB\th3\n"},
+				"tiny\t1.0 MiB\tllama\t260K\tF32\t512\t3.0 MiB\t4.0 MiB\th1,h2\n",
+				"tiny\t2.0 MiB\t-\t-\t-\t0\t-\t-\th3\n"},
 			wantStderr: []string{`rbee: warning: hive down not listed: could not run rbee-hive`,
 				"hives hold different files named tiny"}},
 		{name: "every hive as json", args: []string{"--json"}, wantCode: exitOK,
@@ -185,7 +185,7 @@ func TestModelList(t *testing.T) {
 		{name: "one hive as json", args: []string{"--hive", "h1", "--json"}, wantCode: exitOK,
 			wantStdout: []string{`"h1": [`, `"name": "tiny"`}},
 		{name: "one hive", args: []string{"--hive", "h1"}, wantCode: exitOK,
-			wantStdout: []string{"tiny\th1\t0.00GiB\tllama\t0.00B\tF32\t512\t0.00GiB"}},
+			wantStdout: []string{"tiny\th1\t1.0 MiB\tllama\t260K\tF32\t512\t3.0 MiB"}},
 		{name: "the one hive asked for is down", args: []string{"--hive", "down"},
 			wantCode: exitError, wantStderr: []string{`could not run rbee-hive on hive "down"`}},
 	}
@@ -264,8 +264,8 @@ func TestHiveDevices(t *testing.T) {
 		wantStderr string
 	}{
 		{name: "table", devs: devs, wantStdout: []string{
-			"cpu\t16 cores (amd64)\t64.00GiB\t32.00GiB\t-\t-",
-			"cuda:0\tNVIDIA H200\t140.00GiB\t139.00GiB\t9.0\t570.86",
+			"cpu\t16 cores (amd64)\t64 GiB\t32 GiB\t-\t-",
+			"cuda:0\tNVIDIA H200\t140 GiB\t139 GiB\t9.0\t570.86",
 		}},
 		{name: "json", devs: devs, args: []string{"--json"},
 			wantStdout: []string{`"device": "cuda:0"`, `"ram_available": 34359738368`}},

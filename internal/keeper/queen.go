@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -346,6 +347,11 @@ func printCascade(opts *queenStopOptions, res api.ShutdownResult) error {
 			w.ID, w.Model, w.Hive); err != nil {
 			return err
 		}
+	}
+	if len(res.KeptDeployments) > 0 {
+		fmt.Fprintf(opts.root.Stderr, "rbee: deployments kept: %s; the queen starts their "+
+			"replicas again when it starts (`rbee deploy rm NAME` forgets one)\n",
+			strings.Join(res.KeptDeployments, ", "))
 	}
 	for _, e := range res.Errors {
 		fmt.Fprintf(opts.root.Stderr, "rbee: %s\n", e)

@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -46,6 +48,10 @@ import (
 // maxReplicas bounds one deployment.
 const maxReplicas = 64
 
+// deploymentName is what a deployment may be called: it is a path segment
+// of /v1/deployments/{name}, where a slash would make it unreachable.
+var deploymentName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
 // deployState is the queen's in-memory side of deployments.
 type deployState struct {
 	// mu makes one reconcile of deployments run at a time, whether the
@@ -58,11 +64,39 @@ type deployState struct {
 	// deployment stands never waits for a spawn.
 	retryMu sync.Mutex
 	retry   map[string]spawnRetry
-	// lifetime is the reconcile loop's context, which ends with the queen;
-	// scale-down drains are cut short with it.
+	// lifetime is Serve's context, which ends with the queen (set before
+	// the queen takes requests; nil in tests without Serve); scale-down
+	// drains are cut short with it.
 	lifetime context.Context
 	// drains tracks the scale-down drains running in the background.
 	drains sync.WaitGroup
+	// leaving holds the workers those drains are taking away. A worker's
+	// heartbeat can write its state over draining (one that still loads
+	// says loading), and it would count as a replica again: another
+	// worker would be drained in its place.
+	leavingMu sync.Mutex
+	leaving   map[string]bool
+}
+
+// setLeaving records whether scale-down is taking worker id away.
+func (d *deployState) setLeaving(id string, on bool) {
+	d.leavingMu.Lock()
+	defer d.leavingMu.Unlock()
+	if d.leaving == nil {
+		d.leaving = map[string]bool{}
+	}
+	if on {
+		d.leaving[id] = true
+	} else {
+		delete(d.leaving, id)
+	}
+}
+
+// isLeaving reports whether scale-down is taking worker id away.
+func (d *deployState) isLeaving(id string) bool {
+	d.leavingMu.Lock()
+	defer d.leavingMu.Unlock()
+	return d.leaving[id]
 }
 
 // spawnRetry is one deployment's recent spawn failures.
@@ -106,9 +140,6 @@ func (d *deployState) halt() {
 func (s *Server) reconcileDeployments(ctx context.Context) {
 	s.deploys.mu.Lock()
 	defer s.deploys.mu.Unlock()
-	if s.deploys.lifetime == nil {
-		s.deploys.lifetime = ctx
-	}
 	if s.deploys.halted {
 		return
 	}
@@ -135,7 +166,7 @@ func (s *Server) reconcileDeployment(ctx context.Context,
 	if err != nil {
 		return api.Deployment{}, err
 	}
-	live, dead := tally(workers)
+	live, dead := tally(workers, s.deploys.isLeaving)
 	for _, wk := range dead {
 		s.retire(ctx, d, wk)
 	}
@@ -158,10 +189,14 @@ func (s *Server) reconcileDeployment(ctx context.Context,
 }
 
 // tally sorts a deployment's wanted workers into live ones, which fill a
-// replica, and dead ones, which are to be replaced. Draining ones are in
-// neither.
-func tally(workers []registry.Worker) (live, dead []registry.Worker) {
+// replica, and dead ones, which are to be replaced. Draining ones, and
+// those scale-down is taking away, are in neither.
+func tally(workers []registry.Worker,
+	leaving func(id string) bool) (live, dead []registry.Worker) {
 	for _, wk := range workers {
+		if leaving(wk.ID) {
+			continue
+		}
 		switch wk.State {
 		case api.WorkerStarting, api.WorkerLoading, api.WorkerReady:
 			live = append(live, wk)
@@ -265,7 +300,7 @@ func (s *Server) scaleUp(ctx context.Context, d registry.Deployment,
 func (s *Server) spawnReplica(ctx context.Context, d registry.Deployment) (registry.Worker, error) {
 	plan, err := s.planSpawn(ctx, spawnRequestOf(d))
 	if err != nil {
-		return registry.Worker{}, err
+		return registry.Worker{}, hiveGone(d, err)
 	}
 	wk, err := s.spawnPlaced(ctx, plan) // the next hive when the first refuses
 	if wk.ID == "" {
@@ -285,6 +320,17 @@ func (s *Server) spawnReplica(ctx context.Context, d registry.Deployment) (regis
 		return wk, fmt.Errorf("tie worker %s to deployment %s: %w", wk.ID, d.Name, tagErr)
 	}
 	return wk, nil
+}
+
+// hiveGone explains a spawn refused because d's own hive was removed after
+// d was recorded, and what to do about it; other errors pass unchanged.
+func hiveGone(d registry.Deployment, err error) error {
+	if d.Hive == "" || httpapi.AsError(err).Code != "hive_not_found" {
+		return err
+	}
+	return httpapi.NotFound("hive_not_found", "deployment %s runs its workers on hive %q, "+
+		"which was removed: add the hive back with `rbee hive add %s ...`, or run "+
+		"`rbee deploy rm %s` and deploy again without --hive", d.Name, d.Hive, d.Hive, d.Name)
 }
 
 // spawnRequestOf is the spawn request for one worker of d.
@@ -341,9 +387,11 @@ func (s *Server) drainInBackground(ctx context.Context, d registry.Deployment, w
 		fmt.Sprintf("scaled down: deployment %s wants %d", d.Name, d.Replicas))
 
 	life := s.deploys.lifetimeCtx()
+	s.deploys.setLeaving(wk.ID, true)
 	s.deploys.drains.Add(1)
 	go func() {
 		defer s.deploys.drains.Done()
+		defer s.deploys.setLeaving(wk.ID, false)
 		how := "scaled down, drained"
 		if !s.waitIdle(life, wk.ID, defaultDrainTimeout) {
 			how = "scaled down, drain cut short with requests in flight"
@@ -402,8 +450,8 @@ func deploymentFrom(req api.DeployRequest) (registry.Deployment, error) {
 		return d, httpapi.BadRequest("restart",
 			"restart must be always, on-failure or never, got %q", d.Restart)
 	}
-	if d.Name == "" {
-		d.Name = strings.TrimSuffix(filepath.Base(d.Model), ".gguf")
+	if err := nameDeployment(&d); err != nil {
+		return d, err
 	}
 	if d.Device == "" {
 		d.Device = "cpu"
@@ -415,6 +463,25 @@ func deploymentFrom(req api.DeployRequest) (registry.Deployment, error) {
 		d.Restart = api.RestartOnFailure
 	}
 	return d, nil
+}
+
+// nameDeployment checks d's name, taking the model's file name (without
+// .gguf) when it has none.
+func nameDeployment(d *registry.Deployment) error {
+	given := d.Name != ""
+	if !given {
+		d.Name = strings.TrimSuffix(filepath.Base(d.Model), ".gguf")
+	}
+	switch {
+	case deploymentName.MatchString(d.Name):
+		return nil
+	case !given:
+		return httpapi.BadRequest("name", "the model's file name gives the deployment name "+
+			"%q, which is not 1-128 of A-Za-z0-9._- starting with a letter or digit: "+
+			"pass a name (--name)", d.Name)
+	}
+	return httpapi.BadRequest("name", "name must be 1-128 of A-Za-z0-9._-, starting with a "+
+		"letter or digit, got %q", d.Name)
 }
 
 // handleDeploy records a deployment (or changes its replica count and
@@ -487,7 +554,7 @@ func (s *Server) observeDeployment(ctx context.Context,
 	if err != nil {
 		return api.Deployment{}, err
 	}
-	live, _ := tally(workers)
+	live, _ := tally(workers, s.deploys.isLeaving)
 	return s.deploymentStatus(d, live), nil
 }
 
@@ -537,10 +604,38 @@ func (s *Server) handleDeleteDeployment(w http.ResponseWriter, r *http.Request) 
 	}
 	stopped, errs := s.drainAll(ctx, workers, timeout)
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return s.retireUnstopped(ctx, name, workers, stopped, errors.Join(errs...))
 	}
 	httpapi.WriteJSON(w, http.StatusOK, api.DeploymentRemoved{Name: name, Workers: stopped})
 	return nil
+}
+
+// retireUnstopped makes the workers of removed deployment name that could
+// not be stopped (their hive is unreachable) wanted stopped: untied from
+// any deployment and still wanted running, they would otherwise serve on,
+// unmanaged, and no gc would ever take them for orphans. It returns the
+// error the user sees, saying what to do next.
+func (s *Server) retireUnstopped(ctx context.Context, name string, workers []registry.Worker,
+	stopped []api.Worker, cause error) error {
+	done := make(map[string]bool, len(stopped))
+	for _, wk := range stopped {
+		done[wk.ID] = true
+	}
+	var left, gcs []string
+	for _, wk := range workers {
+		if done[wk.ID] {
+			continue
+		}
+		if err := s.store.RetireWorker(ctx, wk.ID); err != nil {
+			s.log.Error("retire worker", "worker_id", wk.ID, "error", err)
+		}
+		left = append(left, wk.ID)
+		gcs = append(gcs, "`rbee hive gc "+wk.Hive+"`")
+	}
+	slices.Sort(gcs)
+	return httpapi.Upstream(cause, "deployment %s is removed, but workers %s could not be "+
+		"stopped (%v); nothing starts them again: once their hive is reachable, run %s",
+		name, strings.Join(left, ", "), cause, strings.Join(slices.Compact(gcs), ", "))
 }
 
 // forgetDeployment deletes deployment name and returns the workers it had.

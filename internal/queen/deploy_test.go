@@ -17,6 +17,7 @@ import (
 
 	"github.com/rbee-dev/rbee/internal/api"
 	"github.com/rbee-dev/rbee/internal/heartbeat"
+	"github.com/rbee-dev/rbee/internal/httpapi"
 	"github.com/rbee-dev/rbee/internal/registry"
 	"github.com/rbee-dev/rbee/internal/sshexec"
 )
@@ -29,12 +30,19 @@ type fleetHive struct {
 	records   map[string]api.HiveWorker
 	pid       int
 	spawnExit int // exit code of `worker spawn`; 0: it starts
-	stops     []string
+	stopExit  int // exit code of `worker stop`; 0: it stops
+	// stopGate, when set before the test starts the queen's work, holds
+	// every `worker stop` until it is closed.
+	stopGate chan struct{}
+	stops    []string
 }
 
 func newFleetHive() *fleetHive { return &fleetHive{records: map[string]api.HiveWorker{}} }
 
 func (h *fleetHive) Run(_ context.Context, argv []string, _ io.Reader) (sshexec.Result, error) {
+	if h.stopGate != nil && len(argv) > 2 && argv[1] == "worker" && argv[2] == "stop" {
+		<-h.stopGate
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	args := argv[1:]
@@ -57,6 +65,10 @@ func (h *fleetHive) Run(_ context.Context, argv []string, _ io.Reader) (sshexec.
 	case "worker stop":
 		id := args[2]
 		h.stops = append(h.stops, id)
+		if h.stopExit != 0 {
+			return sshexec.Result{ExitCode: h.stopExit,
+				Stdout: []byte(`{"error":"cannot stop"}`)}, nil
+		}
 		if _, ok := h.records[id]; !ok {
 			return sshexec.Result{ExitCode: api.HiveExitNotFound,
 				Stdout: []byte(`{"error":"no worker"}`)}, nil
@@ -336,4 +348,143 @@ func TestCascadeStopsEveryWorker(t *testing.T) {
 	}
 	s.reconcile(ctx) // halted: the deployment spawns nothing
 	assert.Check(t, is.Len(hive.records, 0))
+}
+
+func TestDeploymentNameChecked(t *testing.T) {
+	tests := []struct {
+		name, model, dname string
+		replicas           int
+		wantParam, wantMsg string
+	}{
+		{name: "default from file", model: "/m/tiny-q4.gguf", dname: ""},
+		{name: "slash", model: testModel, dname: "a/b", wantParam: "name",
+			wantMsg: "letter or digit"},
+		{name: "newline", model: testModel, dname: "a\nb", wantParam: "name"},
+		{name: "dot dot", model: testModel, dname: "..", wantParam: "name"},
+		{name: "too long", model: testModel, dname: strings.Repeat("a", 129), wantParam: "name"},
+		{name: "file name unusable", model: "/m/.gguf", wantParam: "name",
+			wantMsg: "pass a name (--name)"},
+		{name: "huge replicas", model: testModel, replicas: 1_000_000, wantParam: "replicas",
+			wantMsg: "between 0 and 64"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := deploymentFrom(api.DeployRequest{Replicas: tc.replicas,
+				SpawnRequest: api.SpawnRequest{Model: tc.model, Name: tc.dname}})
+			if tc.wantParam == "" {
+				assert.NilError(t, err)
+				return
+			}
+			assert.Assert(t, err != nil)
+			e := httpapi.AsError(err)
+			assert.Check(t, is.Equal(e.Status, http.StatusBadRequest))
+			assert.Check(t, is.Equal(e.Param, tc.wantParam))
+			assert.Check(t, is.Contains(e.Message, tc.wantMsg))
+		})
+	}
+}
+
+// A worker scale-down drains can be written back to loading by its own
+// heartbeat; it must not count as a replica again, or a second worker is
+// drained in its place.
+func TestDeploymentScaleDownDrainsOnlyTheExtra(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	hive.stopGate = make(chan struct{})
+	deploy(t, s, 2)
+	s.reconcile(ctx)
+	ids := replicas(t, s).Workers
+	assert.Assert(t, is.Len(ids, 2))
+
+	deploy(t, s, 1)
+	s.reconcile(ctx) // one drains; its stop waits on the gate
+	var going, kept string
+	for _, id := range ids {
+		wk, err := s.store.Worker(ctx, id)
+		assert.NilError(t, err)
+		if wk.State == api.WorkerDraining {
+			going = id
+		} else {
+			kept = id
+		}
+	}
+	assert.Assert(t, going != "" && kept != "")
+	beat(t, s, going, api.WorkerLoading)
+	s.reconcile(ctx)
+	wk, err := s.store.Worker(ctx, kept)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.State, api.WorkerLoading), "the kept worker is not drained")
+
+	close(hive.stopGate)
+	s.deploys.drains.Wait()
+	assert.Check(t, is.DeepEqual(replicas(t, s).Workers, []string{kept}))
+	assert.Check(t, is.DeepEqual(hive.stopped(), []string{going}))
+}
+
+// Removing a deployment whose worker cannot be stopped says what to do,
+// and leaves that worker wanted stopped, so that gc takes it later.
+func TestDeleteDeploymentRetiresWorkersItCannotStop(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	srv := httptest.NewServer(s.routes())
+	t.Cleanup(srv.Close)
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	id := replicas(t, s).Workers[0]
+
+	hive.stopExit = 1
+	var body api.ErrorBody
+	code := call(t, srv, http.MethodDelete, "/v1/deployments/"+testModel+"?timeout=0s", "", &body)
+	assert.Check(t, code >= 500, code)
+	assert.Check(t, is.Contains(body.Error.Message, "deployment tiny is removed"))
+	assert.Check(t, is.Contains(body.Error.Message, "run `rbee hive gc localhost`"))
+	wk, err := s.store.Worker(ctx, id)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.Desired, registry.DesiredStopped))
+
+	hive.stopExit = 0
+	res, err := s.collectGarbage(ctx, defaultHive, false)
+	assert.NilError(t, err)
+	assert.Assert(t, is.Len(res.Orphans, 1))
+	assert.Check(t, is.Equal(res.Orphans[0].ID, id))
+	assert.Check(t, is.Len(hive.records, 0))
+}
+
+func TestDeploymentOnRemovedHiveSaysWhatToDo(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	d, err := deploymentFrom(api.DeployRequest{Replicas: 1,
+		SpawnRequest: api.SpawnRequest{Model: testModel, Hive: "gone"}})
+	assert.NilError(t, err)
+	_, err = s.store.PutDeployment(ctx, d)
+	assert.NilError(t, err)
+
+	s.reconcile(ctx)
+	st := replicas(t, s)
+	assert.Check(t, is.Equal(st.Live, 0))
+	assert.Check(t, is.Contains(st.Error, `hive "gone", which was removed`))
+	assert.Check(t, is.Contains(st.Error, "rbee deploy rm tiny"))
+	assert.Check(t, is.Len(hive.records, 0))
+}
+
+func TestHiveWithADeploymentIsNotRemoved(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newFleetServer(t)
+	assert.NilError(t, s.store.CreateHive(ctx, registry.Hive{Name: "gpu9", Host: "127.0.0.9",
+		SSHUser: "rbee", SSHPort: 22}))
+	d, err := deploymentFrom(api.DeployRequest{Replicas: 1,
+		SpawnRequest: api.SpawnRequest{Model: testModel, Hive: "gpu9"}})
+	assert.NilError(t, err)
+	_, err = s.store.PutDeployment(ctx, d)
+	assert.NilError(t, err)
+	srv := httptest.NewServer(s.routes())
+	t.Cleanup(srv.Close)
+
+	var body api.ErrorBody
+	code := call(t, srv, http.MethodDelete, "/v1/hives/gpu9?force=true", "", &body)
+	assert.Check(t, is.Equal(code, http.StatusConflict))
+	assert.Check(t, is.Equal(body.Error.Code, "hive_deployed"))
+	assert.Check(t, is.Contains(body.Error.Message, "rbee deploy rm "+testModel))
+	_, err = s.store.Hive(ctx, "gpu9")
+	assert.Check(t, err, "the hive is still there")
 }

@@ -105,7 +105,8 @@ func findOrphans(hive string, records []api.HiveWorker,
 // the queen wants it (row, when known is set). The record of a process
 // that ended is no orphan while the restart policy will start it again
 // (the restart stops it, which removes the record), or while the queen has
-// not seen it end yet.
+// not seen it end yet: gc's own `worker stop` could otherwise land just
+// after the restart started the new process under the same id.
 //
 // Shortcoming: the hive's record carries no token, so a process started
 // under an id the queen knows, with a token it does not, is only caught
@@ -115,10 +116,16 @@ func orphanReason(hive string, rec api.HiveWorker, row registry.Worker, known bo
 	case !known:
 		return "the queen has no worker " + rec.ID + " (its row was removed, or its " +
 			"database was reset)"
-	case row.Hive != hive:
-		return fmt.Sprintf("the queen has worker %s on hive %s, not here", rec.ID, row.Hive)
-	case row.Desired == registry.DesiredStopped || row.State == api.WorkerStopped:
+	case row.Desired == registry.DesiredStopped:
 		return fmt.Sprintf("the queen wants it stopped (its state: %s)", row.State)
+	case row.Hive != hive:
+		// Ids are random, so the same id on two hives is one state
+		// directory seen through two hive names (one machine added
+		// twice): the process is the other hive's wanted worker.
+		return ""
+	case row.State == api.WorkerStopped && restartReason(row) == "":
+		return fmt.Sprintf("the queen saw it stop (its state: %s) and will not start it again",
+			row.State)
 	case rec.Alive && row.PID != 0 && row.PID != rec.PID:
 		return fmt.Sprintf("pid %d runs, but the queen knows worker %s as pid %d", rec.PID,
 			rec.ID, row.PID)

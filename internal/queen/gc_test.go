@@ -21,6 +21,10 @@ func TestFindOrphans(t *testing.T) {
 		w.Restart = api.RestartNever
 		return w
 	}
+	always := func(w registry.Worker) registry.Worker {
+		w.Restart = api.RestartAlways
+		return w
+	}
 	running := registry.DesiredRunning
 	tests := []struct {
 		name       string
@@ -51,9 +55,19 @@ func TestFindOrphans(t *testing.T) {
 			row:        new(row("h1", running, api.WorkerReady, 7)),
 			wantReason: "pid 8 runs, but the queen knows worker w-1 as pid 7",
 			wantAction: api.OrphanStop},
-		{name: "other hive", rec: api.HiveWorker{PID: 7, Alive: true},
-			row:        new(row("h2", running, api.WorkerReady, 7)),
-			wantReason: "on hive h2", wantAction: api.OrphanStop},
+		// One machine added as two hives shares one state directory:
+		// the process is the other hive's wanted worker.
+		{name: "other hive, wanted", rec: api.HiveWorker{PID: 7, Alive: true},
+			row: new(row("h2", running, api.WorkerReady, 7))},
+		{name: "other hive, stopped", rec: api.HiveWorker{PID: 7, Alive: true},
+			row:        new(row("h2", registry.DesiredStopped, api.WorkerReady, 7)),
+			wantReason: "the queen wants it stopped", wantAction: api.OrphanStop},
+		// Exited under restart always: gc's stop could kill the restart.
+		{name: "exited, to be restarted", rec: api.HiveWorker{PID: 7},
+			row: new(always(row("h1", running, api.WorkerStopped, 7)))},
+		{name: "exited, alive, not restarted", rec: api.HiveWorker{PID: 7, Alive: true},
+			row:        new(row("h1", running, api.WorkerStopped, 7)),
+			wantReason: "the queen saw it stop", wantAction: api.OrphanStop},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,10 +10,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +22,7 @@ import (
 	"github.com/rbee-dev/rbee/internal/api"
 	"github.com/rbee-dev/rbee/internal/heartbeat"
 	"github.com/rbee-dev/rbee/internal/registry"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // The heartbeat load test: simulated workers (goroutines, not llama.cpp
@@ -39,9 +38,9 @@ import (
 // the base interval and so measures what the queen sustains.
 func TestHeartbeatLoad(t *testing.T) {
 	cfg := hbLoadConfig{
-		workers:  hbEnvInt(t, "RBEE_HBLOAD_WORKERS", 2000),
-		duration: hbEnvDuration(t, "RBEE_HBLOAD_DURATION", 5*time.Second),
-		maxRate:  float64(hbEnvInt(t, "RBEE_HBLOAD_RATE", 0)),
+		workers:  testenv.Int(t, "RBEE_HBLOAD_WORKERS", 2000),
+		duration: testenv.Duration(t, "RBEE_HBLOAD_DURATION", 5*time.Second),
+		maxRate:  float64(testenv.Int(t, "RBEE_HBLOAD_RATE", 0)),
 	}
 	if testing.Short() {
 		cfg.workers, cfg.duration = 200, 2*time.Second
@@ -241,24 +240,4 @@ func hbCountLost(t *testing.T, s *Server, lost *int64) {
 		}
 	}()
 	t.Cleanup(func() { s.events.unsubscribe(sub); <-done })
-}
-
-func hbEnvInt(t *testing.T, name string, dflt int) int {
-	raw := os.Getenv(name)
-	if raw == "" {
-		return dflt
-	}
-	n, err := strconv.Atoi(raw)
-	assert.NilError(t, err, "%s", name)
-	return n
-}
-
-func hbEnvDuration(t *testing.T, name string, dflt time.Duration) time.Duration {
-	raw := os.Getenv(name)
-	if raw == "" {
-		return dflt
-	}
-	d, err := time.ParseDuration(raw)
-	assert.NilError(t, err, "%s", name)
-	return d
 }

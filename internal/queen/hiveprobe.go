@@ -34,22 +34,7 @@ func (s *Server) hiveProbeInterval() time.Duration {
 // runHiveProbe probes every remote hive each interval of the server's
 // clock until ctx ends.
 func (s *Server) runHiveProbe(ctx context.Context, interval time.Duration) {
-	tick := make(chan struct{}, 1)
-	for {
-		t := s.clock.AfterFunc(interval, func() {
-			select {
-			case tick <- struct{}{}:
-			default:
-			}
-		})
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-tick:
-		}
-		s.probeHives(ctx)
-	}
+	s.every(ctx, interval, s.probeHives)
 }
 
 // probeHives probes every remote hive at once and waits for all of them,

@@ -255,6 +255,9 @@ func (s *Server) handleDeleteHive(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if err := s.refuseIfDeployed(ctx, h.Name); err != nil {
+		return err
+	}
 	active, err := s.store.ActiveWorkersOn(ctx, h.Name)
 	if err != nil {
 		return err
@@ -272,6 +275,25 @@ func (s *Server) handleDeleteHive(w http.ResponseWriter, r *http.Request) error 
 	s.hives.setVerified(h.Name, false)
 	s.log.Info("hive removed", "hive", h.Name, "forgotten_workers", len(active))
 	httpapi.WriteJSON(w, http.StatusOK, h.Public())
+	return nil
+}
+
+// refuseIfDeployed refuses to remove a hive a deployment is pinned to
+// (--hive), even with force: the deployment would keep trying to spawn
+// there.
+func (s *Server) refuseIfDeployed(ctx context.Context, hive string) error {
+	deps, err := s.store.Deployments(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range deps {
+		if d.Hive == hive {
+			return &httpapi.Error{Status: http.StatusConflict, Type: "invalid_request_error",
+				Code: "hive_deployed", Message: fmt.Sprintf("deployment %q is pinned to hive %q: "+
+					"remove it first (`rbee deploy rm %s`), or deploy it again without --hive",
+					d.Name, hive, d.Name)}
+		}
+	}
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbee-dev/rbee/internal/heartbeat"
 	"github.com/rbee-dev/rbee/internal/registry"
 )
 
@@ -74,7 +75,9 @@ func parseFlags(args []string, stderr io.Writer) (Config, bool, error) {
 	fs.StringVar(&cfg.Addr, "addr", defaultAddr(), "address to listen on (default from RBEE_QUEEN_URL)")
 	fs.StringVar(&cfg.DBPath, "db", defaultDBPath(), "SQLite file holding the queen's state")
 	fs.StringVar(&cfg.HiveBin, "hive-bin", "", "rbee-hive program for the local hive (default: beside queen-rbee, else PATH)")
-	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 2*time.Second, "how often workers beat")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 2*time.Second, "how often workers beat, in a small fleet")
+	fs.Float64Var(&cfg.HeartbeatMaxRate, "heartbeat-max-rate", heartbeat.DefaultMaxBeatsPerSecond,
+		"most heartbeats per second from the whole fleet: a large fleet is asked to beat less often")
 	fs.IntVar(&cfg.QueueLimit, "queue-limit", defaultQueueLimit, "requests that may wait per model when all slots are busy")
 	fs.DurationVar(&cfg.QueueWait, "queue-wait", defaultQueueWait, "how long a request may wait for a slot")
 	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("RBEE_QUEEN_ADVERTISE_URL"),

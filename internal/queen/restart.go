@@ -76,6 +76,13 @@ func orText(s, dflt string) string {
 // runReconcile calls reconcile every interval of the server's clock until
 // ctx ends.
 func (s *Server) runReconcile(ctx context.Context, interval time.Duration) {
+	s.every(ctx, interval, s.reconcile)
+}
+
+// every waits interval on the server's clock (tests drive it with a fake
+// clock), then calls fn, again and again until ctx ends. A pass that runs
+// long delays the next one rather than overlapping it.
+func (s *Server) every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
 	tick := make(chan struct{}, 1)
 	for {
 		t := s.clock.AfterFunc(interval, func() {
@@ -90,7 +97,7 @@ func (s *Server) runReconcile(ctx context.Context, interval time.Duration) {
 			return
 		case <-tick:
 		}
-		s.reconcile(ctx)
+		fn(ctx)
 	}
 }
 
@@ -174,7 +181,10 @@ func (s *Server) restart(ctx context.Context, wk registry.Worker, reason string)
 
 	wk.Token = newToken()
 	err = s.store.RecordRestart(ctx, wk.ID, wk.Token, reason)
-	s.hbIndex.drop(wk.ID) // the old token no longer holds
+	// Forget again: a beat of the old process while the hive stopped it put
+	// back its route (old URL and token) and deadline, which the new one
+	// would inherit; and the old token no longer holds.
+	s.forget(wk.ID)
 	if errors.Is(err, registry.ErrNotFound) {
 		return nil // stopped by the user meanwhile
 	}

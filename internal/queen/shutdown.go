@@ -29,6 +29,13 @@ func (s *Server) cascadeIfAsked(r *http.Request) (api.ShutdownResult, error) {
 	}
 	ctx := context.WithoutCancel(r.Context())
 	res.Workers, res.Errors = s.stopEveryWorker(ctx, timeout)
+	deps, err := s.store.Deployments(ctx)
+	if err != nil {
+		res.Errors = append(res.Errors, err.Error())
+	}
+	for _, d := range deps {
+		res.KeptDeployments = append(res.KeptDeployments, d.Name)
+	}
 	return res, nil
 }
 

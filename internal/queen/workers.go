@@ -205,9 +205,11 @@ func (s *Server) startOnHive(ctx context.Context, hive registry.Hive,
 	if err := s.store.SetSpawned(ctx, wk.ID, res.PID, res.URL, res.LogPath); err != nil {
 		return wk, err
 	}
-	// The worker may have heartbeated already; only move starting forward.
-	if cur, err := s.store.Worker(ctx, wk.ID); err == nil && cur.State == api.WorkerStarting {
-		_ = s.setWorkerState(ctx, wk.ID, api.WorkerLoading, "")
+	// The worker may have heartbeated already (loading, even ready): only
+	// move starting forward, in one statement, so a heartbeat in between
+	// is never overwritten nor announced twice.
+	if moved, err := s.store.AdvanceState(ctx, wk.ID, api.WorkerStarting, api.WorkerLoading); err == nil && moved {
+		s.hbIndex.drop(wk.ID)
 		s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerLoading,
 			"started on the hive, pid "+strconv.Itoa(res.PID))
 	}
@@ -275,10 +277,11 @@ func stopReason(how, outcome string) string {
 
 // forget drops a worker from routing and deadline tracking.
 func (s *Server) forget(id string) {
-	s.router.remove(id)
+	// The route goes with the index entry, so that no heartbeat read
+	// before can put the route back.
+	s.hbIndex.dropThen(id, func() { s.router.remove(id) })
 	s.tracker.Remove(id)
 	s.live.remove(id)
-	s.hbIndex.drop(id)
 }
 
 func newWorkerID() string { return "w-" + randomHex(workerIDSize) }

@@ -136,9 +136,26 @@ func (s *Store) SetState(
 		string(state), errMsg, state == api.WorkerStopped, id)
 }
 
+// AdvanceState moves worker id from state from to state to, and reports
+// whether it did: a worker no longer in from (a heartbeat got there first)
+// is left as it is.
+func (s *Store) AdvanceState(ctx context.Context, id string, from, to api.WorkerState) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE workers SET state = ? WHERE id = ? AND state = ?`,
+		string(to), id, string(from))
+	if err != nil {
+		return false, fmt.Errorf("advance state of worker %q: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("advance state of worker %q: %w", id, err)
+	}
+	return n == 1, nil
+}
+
 // RecordHeartbeat records a heartbeat received at the given time: state,
 // URL (when the heartbeat has one), busy slots, error, and the time itself,
-// which is also the ready time of a worker that turns ready. A worker that says it stopped also gets desired state stopped, as with
+// which is also the ready time of a worker that turns ready. A worker that
+// says it stopped also gets desired state stopped, as with
 // SetState: it was stopped on purpose and must not be started again,
 // unless its restart policy is api.RestartAlways.
 func (s *Store) RecordHeartbeat(
@@ -147,13 +164,7 @@ func (s *Store) RecordHeartbeat(
 	if !knownState(hb.State) {
 		return fmt.Errorf("record heartbeat of worker %q: unknown state %q", id, hb.State)
 	}
-	return s.update(ctx, "record heartbeat", id, `UPDATE workers SET
-		state = ?, url = CASE WHEN ? = '' THEN url ELSE ? END, slots_busy = ?,
-		error = ?, last_heartbeat = ?,
-		ready_at = CASE WHEN ? = 'ready' AND (state != 'ready' OR ready_at IS NULL)
-			THEN ? ELSE ready_at END,
-		desired = CASE WHEN ? AND restart_policy != 'always' THEN 'stopped' ELSE desired END
-		WHERE id = ?`,
+	return s.update(ctx, "record heartbeat", id, beatSetSQL+` WHERE id = ?`,
 		string(hb.State), hb.URL, hb.URL, hb.SlotsBusy, hb.Error, toNanos(at),
 		string(hb.State), toNanos(at), hb.State == api.WorkerStopped, id)
 }

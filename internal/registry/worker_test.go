@@ -383,3 +383,20 @@ func TestConcurrentStoresOnOneFile(t *testing.T) {
 	assert.NilError(t, <-done)
 	assert.NilError(t, <-done)
 }
+
+func TestAdvanceStateOnlyFromTheStateGiven(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	mustCreate(t, s, newWorker("w1", time.Now()))
+
+	moved, err := s.AdvanceState(ctx, "w1", api.WorkerStarting, api.WorkerLoading)
+	assert.NilError(t, err)
+	assert.Check(t, moved)
+	assert.NilError(t, s.SetState(ctx, "w1", api.WorkerReady, ""))
+	moved, err = s.AdvanceState(ctx, "w1", api.WorkerStarting, api.WorkerLoading)
+	assert.NilError(t, err)
+	assert.Check(t, !moved, "a ready worker is not moved back to loading")
+	w, err := s.Worker(ctx, "w1")
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(w.State, api.WorkerReady))
+}

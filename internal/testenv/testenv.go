@@ -5,8 +5,10 @@ package testenv
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee/internal/testmodel"
 )
@@ -75,4 +77,31 @@ func FindModel(tb testing.TB) Model {
 	}
 	tb.Logf("trained model %s absent: using a generated random-weight model", path)
 	return Model{Path: generatedPath, Name: "rbee-tiny"}
+}
+
+// Int reads the integer environment variable name, or returns dflt when
+// it is unset; load tests are scaled up by hand this way.
+func Int(tb testing.TB, name string, dflt int) int {
+	tb.Helper()
+	return parseEnv(tb, name, dflt, strconv.Atoi)
+}
+
+// Duration reads the duration environment variable name, or returns dflt
+// when it is unset.
+func Duration(tb testing.TB, name string, dflt time.Duration) time.Duration {
+	tb.Helper()
+	return parseEnv(tb, name, dflt, time.ParseDuration)
+}
+
+func parseEnv[T any](tb testing.TB, name string, dflt T, parse func(string) (T, error)) T {
+	tb.Helper()
+	raw := os.Getenv(name)
+	if raw == "" {
+		return dflt
+	}
+	v, err := parse(raw)
+	if err != nil {
+		tb.Fatalf("environment variable %s=%q: %v", name, raw, err)
+	}
+	return v
 }
