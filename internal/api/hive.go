@@ -51,6 +51,23 @@ type HiveWorker struct {
 	LogPath   string    `json:"log_path"`
 	StartedAt time.Time `json:"started_at"`
 	Alive     bool      `json:"alive"`
+	// Orphan is set when the worker reported that the queen it heartbeats
+	// to no longer knows it (see WorkerQueenStatus); OrphanReason says so
+	// in words. The queen's `rbee hive gc` stops such a worker unless it
+	// wants it running after all.
+	Orphan       bool   `json:"orphan,omitempty"`
+	OrphanReason string `json:"orphan_reason,omitempty"`
+}
+
+// WorkerQueenStatus is what a worker writes to its --status-file (next to
+// the hive's record: workers/ID.status.json) while the queen answers its
+// heartbeats 404 worker_not_found: the queen's row is gone, or its
+// database was reset. The worker keeps serving and beating, and removes
+// the file once a heartbeat is accepted again.
+type WorkerQueenStatus struct {
+	QueenURL     string    `json:"queen_url"`
+	UnknownSince time.Time `json:"unknown_since"`
+	LastReply    string    `json:"last_reply"` // e.g. "404 worker_not_found"
 }
 
 // HiveWorkerList is the result of `rbee-hive worker list`.

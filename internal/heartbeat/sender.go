@@ -46,6 +46,10 @@ type SenderConfig struct {
 	// Timeout bounds one heartbeat request. Default 5s.
 	Timeout time.Duration
 	Logger  *slog.Logger
+	// Observe, when set, is called by Run after each beat with Send's
+	// error (nil when the queen accepted it), before Run decides what to
+	// do next. It runs on Run's goroutine, so it should be quick.
+	Observe func(err error)
 }
 
 // withDefaults fills in the zero fields.
@@ -82,6 +86,7 @@ var ErrRetired = errors.New("the queen retired this worker")
 type StatusError struct {
 	StatusCode int
 	Message    string // the queen's api.ErrorBody message, or the status text
+	Code       string // the queen's api.ErrorBody code, when it gave one
 }
 
 // Error implements error.
@@ -135,6 +140,9 @@ func (s *Sender) Run(ctx context.Context) error {
 		reply, err := s.Send(ctx, hb)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if s.cfg.Observe != nil {
+			s.cfg.Observe(err)
 		}
 
 		var wait time.Duration
@@ -232,6 +240,7 @@ func statusError(resp *http.Response) error {
 	var body api.ErrorBody
 	if json.Unmarshal(raw, &body) == nil && body.Error.Message != "" {
 		e.Message = body.Error.Message
+		e.Code = body.Error.Code
 	} else {
 		e.Message = http.StatusText(resp.StatusCode)
 	}

@@ -53,7 +53,7 @@ func fakeWorker(mode string, args []string) int {
 	host := fs.String("host", "", "")
 	port := fs.Int("port", -1, "")
 	readyFD := fs.Int("ready-fd", -1, "")
-	for _, name := range []string{"model", "name", "device", "slots", "ctx-size", "queen-url", "gpu-layers", "threads"} {
+	for _, name := range []string{"model", "name", "device", "slots", "ctx-size", "queen-url", "status-file", "gpu-layers", "threads"} {
 		fs.String(name, "", "")
 	}
 	if err := fs.Parse(args); err != nil {

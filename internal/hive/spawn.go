@@ -114,11 +114,16 @@ func runSpawn(ctx context.Context, opts *spawnOptions) error {
 		return err
 	}
 
+	// A status file an earlier process of this id left says nothing of
+	// the new one.
+	if err := st.removeStatus(opts.id); err != nil {
+		return err
+	}
 	spec := workerSpec{
 		bin: bin, dir: st.dir, logPath: st.logPath(opts.id), token: token,
 		id: opts.id, modelPath: modelPath, name: name, device: opts.device,
 		slots: opts.slots, ctxSize: opts.ctxSize, gpuLayers: opts.gpuLayers, threads: opts.threads,
-		host: opts.host, queenURL: opts.queenURL,
+		host: opts.host, queenURL: opts.queenURL, statusPath: st.statusPath(opts.id),
 	}
 	return spawn(ctx, opts.app, st, spec, opts.startTimeout)
 }
@@ -255,6 +260,8 @@ type workerSpec struct {
 	dir     string // working directory of the worker
 	logPath string
 	token   string
+	// statusPath is the worker's --status-file (see store.statusPath).
+	statusPath string
 
 	id        string
 	modelPath string
@@ -285,6 +292,7 @@ func (s workerSpec) argv() []string {
 		"--host", s.host,
 		"--port", "0",
 		"--queen-url", s.queenURL,
+		"--status-file", s.statusPath,
 		"--ready-fd", strconv.Itoa(readyFD),
 		"--gpu-layers", strconv.Itoa(s.gpuLayers),
 	}

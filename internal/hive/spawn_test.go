@@ -40,7 +40,8 @@ func TestSpawnStartsDetachedWorker(t *testing.T) {
 	assert.DeepEqual(t, argv, []string{
 		"llm-worker-rbee", "--id", "w1", "--model", f.model, "--name", "tiny-chat",
 		"--device", "cpu", "--slots", "1", "--ctx-size", "0", "--host", "127.0.0.1",
-		"--port", "0", "--queen-url", "http://127.0.0.1:7833", "--ready-fd", "3",
+		"--port", "0", "--queen-url", "http://127.0.0.1:7833",
+		"--status-file", filepath.Join(f.workersDir(), "w1.status.json"), "--ready-fd", "3",
 		"--gpu-layers", "-1",
 	})
 	assert.Assert(t, !bytes.Contains(cmdline, []byte(testToken)))

@@ -90,6 +90,34 @@ func (s store) recordPath(id string) string { return filepath.Join(s.dir, id+".j
 
 func (s store) logPath(id string) string { return filepath.Join(s.dir, id+".log") }
 
+// statusPath is the worker's --status-file: there while the queen answers
+// its heartbeats 404 (an api.WorkerQueenStatus). "ID.status" fails
+// safeID, so list never takes it for a record.
+func (s store) statusPath(id string) string { return filepath.Join(s.dir, id+".status.json") }
+
+// readStatus returns what worker id last wrote to its status file, and
+// false when there is none (or it cannot be read: it is only a hint).
+func (s store) readStatus(id string) (api.WorkerQueenStatus, bool) {
+	data, err := os.ReadFile(s.statusPath(id))
+	if err != nil {
+		return api.WorkerQueenStatus{}, false
+	}
+	var st api.WorkerQueenStatus
+	if json.Unmarshal(data, &st) != nil {
+		return api.WorkerQueenStatus{}, false
+	}
+	return st, true
+}
+
+// removeStatus deletes the status file of worker id, if any.
+func (s store) removeStatus(id string) error {
+	err := os.Remove(s.statusPath(id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove worker status file: %w", err)
+	}
+	return nil
+}
+
 // errNoRecord reports that the hive has no record of a worker id.
 var errNoRecord = errors.New("no such worker")
 
@@ -144,13 +172,14 @@ func (s store) write(w api.HiveWorker) error {
 	return nil
 }
 
-// remove deletes the record of worker id; its log stays.
+// remove deletes the record of worker id and its status file; its log
+// stays.
 func (s store) remove(id string) error {
 	err := os.Remove(s.recordPath(id))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove worker record: %w", err)
 	}
-	return nil
+	return s.removeStatus(id)
 }
 
 // list returns every record, sorted by id. Records that cannot be read are

@@ -3,6 +3,7 @@ package hive
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"syscall"
 	"time"
@@ -65,6 +66,13 @@ func runList(_ context.Context, opts *listOptions) error {
 	out := api.HiveWorkerList{Workers: []api.HiveWorker{}}
 	for _, w := range workers {
 		w.Alive = alive(w.PID, w.ID)
+		w.Orphan, w.OrphanReason = false, ""
+		if st, ok := st.readStatus(w.ID); ok && w.Alive {
+			w.Orphan = true
+			w.OrphanReason = fmt.Sprintf("the queen at %s has not known this worker since %s "+
+				"(its heartbeats get %s)", st.QueenURL, st.UnknownSince.UTC().Format(time.RFC3339),
+				st.LastReply)
+		}
 		out.Workers = append(out.Workers, w)
 	}
 	return opts.app.printResult(out)

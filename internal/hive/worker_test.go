@@ -191,3 +191,36 @@ func TestIsWorkerCmdline(t *testing.T) {
 		})
 	}
 }
+
+func TestListReportsWorkerTheQueenForgot(t *testing.T) {
+	f := newFixture(t, "ready")
+	f.spawn(t, "w1", "--queen-url", "http://127.0.0.1:7833")
+	f.spawn(t, "w2", "--queen-url", "http://127.0.0.1:7833")
+
+	// What w1 writes when the queen answers its heartbeats 404.
+	since := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	status, err := json.Marshal(api.WorkerQueenStatus{QueenURL: "http://127.0.0.1:7833",
+		UnknownSince: since, LastReply: "404 worker_not_found"})
+	assert.NilError(t, err)
+	statusPath := filepath.Join(f.workersDir(), "w1.status.json")
+	assert.NilError(t, os.WriteFile(statusPath, status, 0o600))
+
+	run := runHive(t, "", "worker", "list")
+	assert.Equal(t, run.code, api.HiveExitOK)
+	assert.Assert(t, is.Contains(run.stdout, `"orphan":true`))
+	list := decodeOne[api.HiveWorkerList](t, run.stdout)
+	assert.Equal(t, len(list.Workers), 2, "the status file is no record")
+	w1, w2 := list.Workers[0], list.Workers[1]
+	assert.Check(t, w1.Orphan)
+	assert.Check(t, is.Equal(w1.OrphanReason, "the queen at http://127.0.0.1:7833 has not "+
+		"known this worker since 2026-03-04T05:06:07Z (its heartbeats get 404 worker_not_found)"))
+	assert.Check(t, !w2.Orphan)
+	assert.Check(t, is.Equal(w2.OrphanReason, ""))
+	assert.Check(t, !strings.Contains(run.stdout, `"orphan":false`), "omitted when unset")
+
+	// Stopping the worker removes its status file with its record.
+	run = runHive(t, "", "worker", "stop", "w1")
+	assert.Equal(t, run.code, api.HiveExitOK)
+	_, err = os.Stat(statusPath)
+	assert.Assert(t, os.IsNotExist(err))
+}

@@ -19,11 +19,23 @@ package queen
 // does not spawn a worker every second. The wait is forgotten once every
 // replica is ready.
 //
+// A hive that goes down: a worker of a deployment without --hive that is
+// down (lost, or failed or exited and waiting for a restart) on a hive the
+// queen cannot reach (its last contact failed, see hiveWait) keeps its
+// replica for hiveDownGrace, then is retired and replaced through
+// placement, which cannot ask that hive. A ready worker is never replaced,
+// whatever SSH says: workers serve without it. The retired worker's
+// process may still run, cut off from the queen; it is stopped as soon as
+// its hive is reachable again (stopStranded), and told to exit by the
+// queen if it heartbeats first.
+//
 // Shortcomings: spawns run one after another inside the reconcile pass,
 // so a slow hive delays restarts too (as restarts already delay each
-// other); a worker that its restart policy cannot bring back (its hive is
-// down) keeps its replica, and no replacement is placed elsewhere; the
-// backoff lives in memory and starts afresh with the queen.
+// other); placement still asks the unreachable hive (and waits for its
+// SSH connect timeout); a worker pinned to its hive (--hive) waits for it;
+// the backoff, the grace and the processes still to stop live in memory
+// and start afresh with the queen (`rbee hive gc` then finds the
+// processes: their workers are wanted stopped).
 
 import (
 	"context"
@@ -47,6 +59,15 @@ import (
 
 // maxReplicas bounds one deployment.
 const maxReplicas = 64
+
+// hiveDownGrace is how long a worker of a deployment without --hive stays
+// down on an unreachable hive before another hive gets its replica,
+// counted from the first reconcile pass that sees both. Its heartbeat
+// deadline has passed already, and the hive has failed at least one probe
+// (every 10 s): 30 s more is three probes, long enough that a network blip
+// or a quick reboot leaves the worker to its restart, and short beside the
+// minutes a model takes to load elsewhere.
+const hiveDownGrace = 30 * time.Second
 
 // deploymentName is what a deployment may be called: it is a path segment
 // of /v1/deployments/{name}, where a slash would make it unreachable.
@@ -76,6 +97,44 @@ type deployState struct {
 	// worker would be drained in its place.
 	leavingMu sync.Mutex
 	leaving   map[string]bool
+	// down holds, per worker, since when reconcile passes have seen it down
+	// on an unreachable hive (hiveDownGrace), and the last pass that did.
+	// Guarded by mu.
+	down map[string]downMark
+	pass int
+	// stranded holds the retired workers whose process may still run on a
+	// hive that was unreachable: stopped once it is reachable again.
+	strandMu sync.Mutex
+	stranded map[string]strandedWorker
+}
+
+// downMark is when a worker was first seen down on an unreachable hive.
+type downMark struct {
+	since time.Time
+	pass  int
+}
+
+// strandedWorker is a retired worker to stop on its hive when it can be
+// reached: the deployment that replaced it (if any), and when to try next.
+type strandedWorker struct {
+	wk         registry.Worker
+	deployment string
+	next       time.Time
+	tries      int
+}
+
+// maxStrandedStops is how many times stopping a stranded worker's process
+// on a reachable hive may fail before it is left to `rbee hive gc`.
+const maxStrandedStops = 5
+
+// strand records that retired worker wk's process may still run.
+func (d *deployState) strand(wk registry.Worker, deployment string) {
+	d.strandMu.Lock()
+	defer d.strandMu.Unlock()
+	if d.stranded == nil {
+		d.stranded = map[string]strandedWorker{}
+	}
+	d.stranded[wk.ID] = strandedWorker{wk: wk, deployment: deployment}
 }
 
 // setLeaving records whether scale-down is taking worker id away.
@@ -143,17 +202,24 @@ func (s *Server) reconcileDeployments(ctx context.Context) {
 	if s.deploys.halted {
 		return
 	}
+	s.stopStranded(ctx)
 	deployments, err := s.store.Deployments(ctx)
 	if err != nil {
 		s.log.Error("reconcile: list deployments", "error", err)
 		return
 	}
+	s.deploys.pass++
 	for _, d := range deployments {
 		if ctx.Err() != nil {
 			return
 		}
 		if _, err := s.reconcileDeployment(ctx, d); err != nil {
 			s.log.Warn("reconcile deployment", "deployment", d.Name, "error", err)
+		}
+	}
+	for id, m := range s.deploys.down {
+		if m.pass != s.deploys.pass {
+			delete(s.deploys.down, id) // gone from every deployment, or back up
 		}
 	}
 }
@@ -170,6 +236,7 @@ func (s *Server) reconcileDeployment(ctx context.Context,
 	for _, wk := range dead {
 		s.retire(ctx, d, wk)
 	}
+	live = s.replaceDownHives(ctx, d, live)
 
 	var spawnErr error
 	switch {
@@ -219,11 +286,14 @@ func (s *Server) retire(ctx context.Context, d registry.Deployment, wk registry.
 	s.forget(wk.ID)
 	var err error
 	if wk.State == api.WorkerLost {
-		// A lost process may still run, hung: stop it, as far as the hive
-		// can be reached (`rbee hive gc` finds it otherwise), and record it
-		// stopped, so that a late heartbeat tells it to exit.
-		if err := s.stopOnHive(ctx, wk); err != nil {
+		// A lost process may still run, hung: stop it, now or once its hive
+		// is reachable again (stopStranded), and record it stopped, so that
+		// a late heartbeat tells it to exit.
+		if h, herr := s.store.Hive(ctx, wk.Hive); herr == nil && hiveWait(h) != "" {
+			s.deploys.strand(wk, d.Name)
+		} else if err := s.stopOnHive(ctx, wk); err != nil {
 			s.log.Warn("stop retired worker", "worker_id", wk.ID, "error", err)
+			s.deploys.strand(wk, d.Name)
 		}
 		err = s.setWorkerState(ctx, wk.ID, api.WorkerStopped, why)
 	} else {
@@ -236,6 +306,163 @@ func (s *Server) retire(ctx context.Context, d registry.Deployment, wk registry.
 	s.noteSpawnFailure(d.Name, why)
 	s.log.Warn("worker retired", "worker_id", wk.ID, "deployment", d.Name, "reason", why)
 	s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State, why)
+}
+
+// replaceDownHives retires, when d is not pinned to a hive, each of its
+// live workers that has been down on an unreachable hive for
+// hiveDownGrace, and returns the others: scale-up places replacements for
+// the ones it took. The caller holds s.deploys.mu.
+func (s *Server) replaceDownHives(ctx context.Context, d registry.Deployment,
+	live []registry.Worker) []registry.Worker {
+	if d.Hive != "" {
+		return live
+	}
+	if s.deploys.down == nil {
+		s.deploys.down = map[string]downMark{}
+	}
+	now := s.clock.Now()
+	hives := map[string]registry.Hive{}
+	kept := make([]registry.Worker, 0, len(live))
+	for _, wk := range live {
+		h, down := s.downOnLostHive(ctx, wk, hives)
+		if !down {
+			kept = append(kept, wk)
+			continue
+		}
+		m, seen := s.deploys.down[wk.ID]
+		if !seen {
+			m.since = now
+		}
+		m.pass = s.deploys.pass
+		s.deploys.down[wk.ID] = m
+		if now.Sub(m.since) < hiveDownGrace || !s.retireDown(ctx, d, wk, h, now.Sub(m.since)) {
+			kept = append(kept, wk)
+		}
+	}
+	return kept
+}
+
+// downOnLostHive reports whether wk is down (lost, or ended and waiting
+// for its restart: never when it starts, loads or is ready) on a hive the
+// queen could not reach the last time it tried, and returns that hive.
+// hives caches the hives looked up.
+func (s *Server) downOnLostHive(ctx context.Context, wk registry.Worker,
+	hives map[string]registry.Hive) (registry.Hive, bool) {
+	switch wk.State {
+	case api.WorkerLost, api.WorkerFailed, api.WorkerStopped:
+	default:
+		return registry.Hive{}, false
+	}
+	h, ok := hives[wk.Hive]
+	if !ok {
+		var err error
+		if h, err = s.store.Hive(ctx, wk.Hive); err != nil {
+			return h, false
+		}
+		hives[wk.Hive] = h
+	}
+	return h, hiveWait(h) != ""
+}
+
+// retireDown gives up on wk, down for downFor on unreachable hive h, so
+// that another hive takes its replica, and reports whether it did: a
+// heartbeat or a restart that got there first keeps it. Its process is
+// stopped once h is reachable again.
+func (s *Server) retireDown(ctx context.Context, d registry.Deployment, wk registry.Worker,
+	h registry.Hive, downFor time.Duration) bool {
+	why := fmt.Sprintf("%s on hive %s, unreachable for %s (%s): deployment %s replaces it "+
+		"on another hive", wk.State, h.Name, downFor.Round(time.Second),
+		orText(h.Contact.LastError, "no answer"), d.Name)
+	ok, err := s.store.RetireDownWorker(ctx, wk.ID, why)
+	if err != nil {
+		s.log.Error("retire worker", "worker_id", wk.ID, "error", err)
+	}
+	if !ok {
+		return false
+	}
+	delete(s.deploys.down, wk.ID)
+	s.forget(wk.ID) // a late heartbeat reads the stopped state, and is told to exit
+	s.deploys.strand(wk, d.Name)
+	state := wk.State
+	if state == api.WorkerLost {
+		state = api.WorkerStopped
+	}
+	s.log.Warn("worker retired: hive unreachable", "worker_id", wk.ID, "hive", h.Name,
+		"deployment", d.Name, "down_for", downFor)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, state, why)
+	return true
+}
+
+// stopStranded stops the processes of workers retired while their hive
+// was unreachable, on each such hive that is reachable again. One whose
+// stop fails is tried again after hiveDownGrace, up to maxStrandedStops
+// times, and then left to `rbee hive gc` (its worker is wanted stopped).
+func (s *Server) stopStranded(ctx context.Context) {
+	s.deploys.strandMu.Lock()
+	todo := make([]strandedWorker, 0, len(s.deploys.stranded))
+	for _, st := range s.deploys.stranded {
+		todo = append(todo, st)
+	}
+	s.deploys.strandMu.Unlock()
+	sort.Slice(todo, func(i, j int) bool { return todo[i].wk.ID < todo[j].wk.ID })
+
+	now := s.clock.Now()
+	for _, st := range todo {
+		if ctx.Err() != nil {
+			return
+		}
+		if now.Before(st.next) {
+			continue
+		}
+		done, err := s.stopStrandedOne(ctx, st)
+		if err != nil {
+			st.tries++
+			st.next = now.Add(hiveDownGrace)
+			s.log.Warn("stop stranded worker", "worker_id", st.wk.ID, "hive", st.wk.Hive,
+				"tries", st.tries, "error", err)
+			done = st.tries >= maxStrandedStops
+		}
+		s.deploys.strandMu.Lock()
+		if done {
+			delete(s.deploys.stranded, st.wk.ID)
+		} else if err != nil {
+			s.deploys.stranded[st.wk.ID] = st
+		}
+		s.deploys.strandMu.Unlock()
+	}
+}
+
+// stopStrandedOne does stopStranded's work for st, and reports whether st
+// is done with (stopped, or no longer the queen's to stop), or why its
+// stop failed.
+func (s *Server) stopStrandedOne(ctx context.Context, st strandedWorker) (bool, error) {
+	wk := st.wk
+	h, err := s.store.Hive(ctx, wk.Hive)
+	if errors.Is(err, registry.ErrNotFound) {
+		return true, nil // the hive was removed: nothing left to reach
+	}
+	if err != nil {
+		return false, err
+	}
+	if hiveWait(h) != "" {
+		return false, nil // still unreachable: wait for the hive probe
+	}
+	if row, err := s.store.Worker(ctx, wk.ID); err == nil &&
+		row.Desired == registry.DesiredRunning {
+		return true, nil // wanted again: not a leftover any more
+	}
+	if err := s.stopOnHive(ctx, wk); err != nil {
+		s.markUnreachable(ctx, h, err)
+		return false, err
+	}
+	why := fmt.Sprintf("hive %s is reachable again: stopped what was left of the worker", h.Name)
+	if st.deployment != "" {
+		why += fmt.Sprintf(", which deployment %s replaced", st.deployment)
+	}
+	s.log.Info("stranded worker stopped", "worker_id", wk.ID, "hive", h.Name,
+		"deployment", st.deployment)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, api.WorkerStopped, why)
+	return true, nil
 }
 
 // stopOnHive has wk's hive stop its process; a hive that never heard of
@@ -399,8 +626,11 @@ func (s *Server) drainInBackground(ctx context.Context, d registry.Deployment, w
 		stopCtx := context.WithoutCancel(life)
 		if _, err := s.stopWorker(stopCtx, wk, how); err != nil {
 			s.log.Warn("stop scaled-down worker", "worker_id", wk.ID, "error", err)
-			// Not wanted any more either way; `rbee hive gc` ends the process.
-			_ = s.store.RetireWorker(stopCtx, wk.ID)
+			// Not wanted any more either way: stopped once the hive can be
+			// reached (stopStranded), or by `rbee hive gc`.
+			if s.store.RetireWorker(stopCtx, wk.ID) == nil {
+				s.deploys.strand(wk, d.Name)
+			}
 		}
 	}()
 }
@@ -628,13 +858,16 @@ func (s *Server) retireUnstopped(ctx context.Context, name string, workers []reg
 		}
 		if err := s.store.RetireWorker(ctx, wk.ID); err != nil {
 			s.log.Error("retire worker", "worker_id", wk.ID, "error", err)
+		} else {
+			s.deploys.strand(wk, "") // stopped once its hive can be reached
 		}
 		left = append(left, wk.ID)
 		gcs = append(gcs, "`rbee hive gc "+wk.Hive+"`")
 	}
 	slices.Sort(gcs)
 	return httpapi.Upstream(cause, "deployment %s is removed, but workers %s could not be "+
-		"stopped (%v); nothing starts them again: once their hive is reachable, run %s",
+		"stopped (%v); nothing starts them again, and this queen stops them once it reaches "+
+		"their hive again; should that fail, run %s",
 		name, strings.Join(left, ", "), cause, strings.Join(slices.Compact(gcs), ", "))
 }
 

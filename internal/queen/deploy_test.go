@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -487,4 +488,206 @@ func TestHiveWithADeploymentIsNotRemoved(t *testing.T) {
 	assert.Check(t, is.Contains(body.Error.Message, "rbee deploy rm "+testModel))
 	_, err = s.store.Hive(ctx, "gpu9")
 	assert.Check(t, err, "the hive is still there")
+}
+
+// downHiveSetup is a deployment of one replica of testModel, without
+// --hive, whose worker w-1 runs on remote hive gpu2 (a real sshd, with a
+// fake rbee-hive that only answers version and worker stop), and a
+// fleetHive as the local hive, where replacements go.
+type downHiveSetup struct {
+	*probeSetup
+	local *fleetHive
+}
+
+func newDownHiveSetup(t *testing.T, state api.WorkerState) *downHiveSetup {
+	t.Helper()
+	ctx := context.Background()
+	p := newProbeSetup(t)
+	local := newFleetHive()
+	p.s.hives.local = local
+	bin := fakeHiveScript(t, `case "$1" in
+version) echo '{"version":"test","protocol_version":`+strconv.Itoa(api.ProtocolVersion)+`}' ;;
+worker) echo '{"id":"'"$3"'","outcome":"exited"}' ;;
+*) exit 2 ;;
+esac
+`)
+	gpu1 := p.hive(t)
+	assert.NilError(t, p.s.store.CreateHive(ctx, registry.Hive{Name: "gpu2", Host: gpu1.Host,
+		SSHPort: gpu1.SSHPort, SSHUser: gpu1.SSHUser, KeyPath: gpu1.KeyPath, HiveBin: bin}))
+	deploy(t, p.s, 1)
+	wk := registry.Worker{
+		Worker: api.Worker{ID: "w-1", Hive: "gpu2", Model: testModel, ModelPath: "/m.gguf",
+			Device: "cpu", Slots: 1, CreatedAt: restartStart, Restart: api.RestartOnFailure},
+		Token: "tok", ReadyAt: restartStart,
+	}
+	assert.NilError(t, p.s.store.CreateWorker(ctx, wk))
+	assert.NilError(t, p.s.store.SetWorkerDeployment(ctx, "w-1", testModel))
+	assert.NilError(t, p.s.store.SetState(ctx, "w-1", state, ""))
+	return &downHiveSetup{probeSetup: p, local: local}
+}
+
+// hiveDown stops the sshd and lets the probe find both remote hives gone.
+func (p *downHiveSetup) hiveDown(t *testing.T) {
+	t.Helper()
+	p.sshd.Stop()
+	p.s.probeHives(context.Background())
+	h, err := p.s.store.Hive(context.Background(), "gpu2")
+	assert.NilError(t, err)
+	assert.Assert(t, hiveWait(h) != "")
+	p.takeCalls()
+}
+
+func (p *downHiveSetup) worker(t *testing.T, id string) registry.Worker {
+	t.Helper()
+	wk, err := p.s.store.Worker(context.Background(), id)
+	assert.NilError(t, err)
+	return wk
+}
+
+func TestDeploymentReplacesWorkerOnDownHive(t *testing.T) {
+	ctx := context.Background()
+	p := newDownHiveSetup(t, api.WorkerLost)
+	p.hiveDown(t)
+
+	// Within the grace the lost worker keeps its replica, waiting for its
+	// restart, which waits for the hive.
+	p.s.reconcile(ctx)
+	p.clock.Advance(hiveDownGrace - time.Second)
+	p.s.reconcile(ctx)
+	assert.Check(t, is.DeepEqual(replicas(t, p.s).Workers, []string{"w-1"}))
+	assert.Check(t, is.Len(p.local.records, 0))
+
+	p.clock.Advance(time.Second)
+	p.s.reconcile(ctx)
+	old := p.worker(t, "w-1")
+	assert.Check(t, is.Equal(old.Desired, registry.DesiredStopped), "its restart never runs")
+	assert.Check(t, is.Equal(old.State, api.WorkerStopped), "a late heartbeat is told to exit")
+	assert.Check(t, is.Contains(old.Error, "hive gpu2, unreachable for 30s"))
+	st := replicas(t, p.s)
+	assert.Assert(t, is.Len(st.Workers, 1))
+	assert.Check(t, st.Workers[0] != "w-1")
+	assert.Check(t, is.Equal(p.worker(t, st.Workers[0]).Hive, defaultHive))
+
+	// Later passes place no second replacement, and leave the hive alone.
+	beat(t, p.s, st.Workers[0], api.WorkerReady)
+	for range 5 {
+		p.clock.Advance(hiveDownGrace / 10)
+		p.s.reconcile(ctx)
+	}
+	assert.Check(t, is.Len(p.local.records, 1))
+	assert.Check(t, is.DeepEqual(replicas(t, p.s).Workers, st.Workers))
+	assert.Check(t, is.Equal(p.worker(t, "w-1").Restarts, 0))
+	assert.Check(t, is.Len(remoteCalls(p.takeCalls()), 0))
+}
+
+// remoteCalls keeps, of the hive commands calls, those run on gpu2.
+func remoteCalls(calls []string) []string {
+	var out []string
+	for _, c := range calls {
+		if strings.HasPrefix(c, "gpu2: ") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func TestDeploymentStopsReplacedWorkerWhenHiveReturns(t *testing.T) {
+	ctx := context.Background()
+	p := newDownHiveSetup(t, api.WorkerLost)
+	sub := p.s.events.subscribe(256)
+	p.hiveDown(t)
+	p.s.reconcile(ctx)
+	p.clock.Advance(hiveDownGrace)
+	p.s.reconcile(ctx)
+	assert.Assert(t, is.Equal(p.worker(t, "w-1").Desired, registry.DesiredStopped))
+
+	// The deployment is removed meanwhile: the retired worker is no longer
+	// its, and is still stopped when its hive returns.
+	workers, err := p.s.forgetDeployment(ctx, testModel)
+	assert.NilError(t, err)
+	assert.Check(t, is.Len(workers, 1), "only the replacement")
+	assert.Check(t, workers[0].ID != "w-1")
+
+	p.sshd.Start()
+	p.s.probeHives(ctx)
+	p.takeCalls()
+	p.s.reconcile(ctx)
+	p.s.reconcile(ctx)
+	var stops []string
+	for _, c := range remoteCalls(p.takeCalls()) {
+		if strings.HasPrefix(c, "gpu2: worker stop") {
+			stops = append(stops, c)
+		}
+	}
+	assert.Check(t, is.Len(stops, 1), "stopped once")
+	assert.Check(t, is.Contains(strings.Join(stops, ""), "worker stop w-1"))
+
+	var reasons []string
+	for len(sub.events) > 0 {
+		if ev := <-sub.events; ev.Type == api.EventWorker && ev.WorkerID == "w-1" {
+			reasons = append(reasons, ev.Reason)
+		}
+	}
+	// (Restarts run on their own, and publish in any order with these.)
+	retired, stopped := -1, -1
+	for i, r := range reasons {
+		switch {
+		case strings.Contains(r, "deployment tiny replaces it"):
+			retired = i
+		case strings.Contains(r, "hive gpu2 is reachable again"):
+			stopped = i
+		}
+	}
+	assert.Check(t, retired >= 0 && stopped > retired, "%q", reasons)
+}
+
+func TestDeploymentKeepsReadyWorkerOnSSHUnreachableHive(t *testing.T) {
+	ctx := context.Background()
+	p := newDownHiveSetup(t, api.WorkerReady)
+	p.hiveDown(t)
+
+	// SSH is gone, but the worker still heartbeats: it serves, and stays.
+	for range 5 {
+		p.clock.Advance(hiveDownGrace)
+		beat(t, p.s, "w-1", api.WorkerReady)
+		p.s.reconcile(ctx)
+	}
+	assert.Check(t, is.DeepEqual(replicas(t, p.s).Workers, []string{"w-1"}))
+	assert.Check(t, is.Equal(p.worker(t, "w-1").Desired, registry.DesiredRunning))
+	assert.Check(t, is.Len(p.local.records, 0))
+
+	// Nor is one of a deployment pinned to the hive replaced when lost.
+	assert.NilError(t, p.s.store.SetState(ctx, "w-1", api.WorkerLost, "no heartbeat"))
+	d, err := p.s.store.Deployment(ctx, testModel)
+	assert.NilError(t, err)
+	d.Hive = "gpu2"
+	_, err = p.s.store.PutDeployment(ctx, d)
+	assert.NilError(t, err)
+	for range 3 {
+		p.clock.Advance(hiveDownGrace)
+		p.s.reconcile(ctx)
+	}
+	assert.Check(t, is.Equal(p.worker(t, "w-1").Desired, registry.DesiredRunning))
+	assert.Check(t, is.Len(p.local.records, 0))
+}
+
+func TestPlacementSkipsAHiveTheProbeFoundDown(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newFleetServer(t)
+	s.cfg.AdvertiseURL = "http://127.0.0.1:7833"
+	assert.NilError(t, s.store.CreateHive(ctx, registry.Hive{Name: "gpu9", Host: "127.0.0.9",
+		SSHUser: "rbee", SSHPort: 22}))
+	assert.NilError(t, s.store.SetHiveContact(ctx, "gpu9", registry.Contact{
+		LastError: "connection refused", CheckedAt: time.Now()}))
+
+	reports, err := s.hiveReportsFor(ctx, fitRequest{})
+	assert.NilError(t, err)
+	var down hiveReport
+	for _, r := range reports {
+		if r.hive == "gpu9" {
+			down = r
+		}
+	}
+	assert.ErrorContains(t, down.err, "unreachable at its last probe")
+	assert.ErrorContains(t, down.err, "connection refused")
 }

@@ -111,8 +111,17 @@ func findOrphans(hive string, records []api.HiveWorker,
 // Shortcoming: the hive's record carries no token, so a process started
 // under an id the queen knows, with a token it does not, is only caught
 // when its pid differs from the one the queen recorded.
+//
+// The hive may flag a record as an orphan itself (rec.Orphan): its worker
+// wrote that the queen it heartbeats to answers 404. Only a queen with no
+// row for it can have said that, so a row here means the flag is stale
+// (the worker has not beaten since) or names another queen: the rules
+// below decide, and a worker this queen wants running is never stopped.
 func orphanReason(hive string, rec api.HiveWorker, row registry.Worker, known bool) string {
 	switch {
+	case !known && rec.Orphan:
+		return "the queen has no worker " + rec.ID + ", and the hive reports: " +
+			rec.OrphanReason
 	case !known:
 		return "the queen has no worker " + rec.ID + " (its row was removed, or its " +
 			"database was reset)"

@@ -120,3 +120,31 @@ func TestCollectGarbage(t *testing.T) {
 	_, err = s.collectGarbage(ctx, "absent", true)
 	assert.Check(t, is.ErrorContains(err, "no hive"))
 }
+
+// TestFindOrphansHiveReported: a worker the hive flags as unknown to the
+// queen (its heartbeats get 404) is an orphan when the queen has no row,
+// and the flag never stops a worker the queen wants running.
+func TestFindOrphansHiveReported(t *testing.T) {
+	const hiveReason = "the queen at http://q:7833 has not known this worker since " +
+		"2026-03-04T05:06:07Z (its heartbeats get 404 worker_not_found)"
+	rec := api.HiveWorker{ID: "w-1", PID: 7, Alive: true, Orphan: true, OrphanReason: hiveReason}
+	wanted := registry.Worker{Worker: api.Worker{Hive: "h1", State: api.WorkerReady, PID: 7,
+		Restart: api.RestartOnFailure}, Desired: registry.DesiredRunning, ReadyAt: restartStart}
+
+	got := findOrphans("h1", []api.HiveWorker{rec}, map[string]registry.Worker{})
+	assert.Equal(t, len(got), 1)
+	assert.Check(t, is.Equal(got[0].Action, api.OrphanStop))
+	assert.Check(t, is.Contains(got[0].Reason, "the queen has no worker w-1"))
+	assert.Check(t, is.Contains(got[0].Reason, hiveReason))
+
+	// A stale flag: the queen has the row and wants it running.
+	got = findOrphans("h1", []api.HiveWorker{rec}, map[string]registry.Worker{"w-1": wanted})
+	assert.Check(t, is.Len(got, 0))
+
+	// The queen's own rules still apply to a flagged record.
+	stopped := wanted
+	stopped.Desired = registry.DesiredStopped
+	got = findOrphans("h1", []api.HiveWorker{rec}, map[string]registry.Worker{"w-1": stopped})
+	assert.Equal(t, len(got), 1)
+	assert.Check(t, is.Contains(got[0].Reason, "the queen wants it stopped"))
+}

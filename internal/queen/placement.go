@@ -276,8 +276,8 @@ func (s *Server) hiveReports(ctx context.Context) ([]hiveReport, error) {
 
 // hiveReportsFor asks every hive for its devices and its models, with
 // memory estimates made for the spawn f, all at once, within
-// placementTimeout. A hive workers there could not reach the queen from
-// is reported with that error, not asked.
+// placementTimeout. A hive workers there could not reach the queen from,
+// or that the last probe found unreachable, is reported so, not asked.
 func (s *Server) hiveReportsFor(ctx context.Context, f fitRequest) ([]hiveReport, error) {
 	hives, err := s.store.Hives(ctx)
 	if err != nil {
@@ -292,6 +292,13 @@ func (s *Server) hiveReportsFor(ctx context.Context, f fitRequest) ([]hiveReport
 		reports[i].hive = h.Name
 		if err := s.canReachQueen(h); err != nil {
 			reports[i].err = err
+			continue
+		}
+		// A hive the probe found down would cost a whole connect timeout;
+		// it is asked again once a probe finds it back.
+		if hiveWait(h) != "" {
+			reports[i].err = fmt.Errorf("unreachable at its last probe (%s): %s",
+				h.Contact.CheckedAt.Format(time.TimeOnly), orText(h.Contact.LastError, "no answer"))
 			continue
 		}
 		wg.Go(func() { reports[i] = s.askHive(ctx, h, f.listArgs()) })

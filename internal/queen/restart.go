@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee/internal/api"
@@ -73,10 +74,11 @@ func orText(s, dflt string) string {
 	return s
 }
 
-// runReconcile calls reconcile every interval of the server's clock until
-// ctx ends.
+// runReconcile runs a reconcile pass every interval of the server's clock
+// until ctx ends, then waits for the restarts still running: they end
+// early, as ctx is theirs too.
 func (s *Server) runReconcile(ctx context.Context, interval time.Duration) {
-	s.every(ctx, interval, s.reconcile)
+	newRestarter(s).run(ctx, interval)
 }
 
 // every waits interval on the server's clock (tests drive it with a fake
@@ -101,56 +103,195 @@ func (s *Server) every(ctx context.Context, interval time.Duration, fn func(cont
 	}
 }
 
-// reconcile brings every worker the user wants running towards running:
-// it forgets the restart streak of a worker that stayed healthy, schedules
-// a restart, with backoff, for one whose process ended, and starts again
-// each one whose restart is due. Restarts run one after another.
-//
-// Shortcomings: a slow hive holds up the restarts of every other worker
-// until its spawn returns, and each pass reads every worker ever recorded,
-// stopped ones included.
+// reconcile runs one pass and waits for the restarts it started, so that
+// what it did can be read back as soon as it returns.
 func (s *Server) reconcile(ctx context.Context) {
-	workers, err := s.store.Workers(ctx, true)
+	r := newRestarter(s)
+	r.pass(ctx)
+	r.wait()
+}
+
+// restartHives is the most hives that restart workers at once.
+const restartHives = 8
+
+// restarter runs reconcile passes and the restarts they find due. The
+// restarts on one hive run one after another, so that its node never loads
+// several models at once; up to restartHives hives restart at a time. A
+// pass does not wait for them: while a hive's restarts run (a spawn over
+// SSH can take the hive's whole start timeout), the hive is busy, and the
+// next passes leave its due restarts for later instead of waiting.
+//
+// Shortcomings: each pass reads every worker ever recorded, stopped ones
+// included; and a deployment's spawns (reconcileDeployments) can run on a
+// hive while the restarter restarts workers there.
+type restarter struct {
+	s *Server
+	// restart restarts a worker whose restart a pass found due:
+	// s.restartIfDue, or a fake in tests.
+	restart func(ctx context.Context, id string) error
+	slots   chan struct{} // one per hive restarting; restartHives in all
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	hives   map[string]bool // busy: restarts run or wait for a slot
+	workers map[string]bool // the workers those restarts are for
+}
+
+func newRestarter(s *Server) *restarter {
+	return &restarter{s: s, restart: s.restartIfDue, slots: make(chan struct{}, restartHives),
+		hives: make(map[string]bool), workers: make(map[string]bool)}
+}
+
+// run runs a pass every interval until ctx ends, then waits for the
+// restarts still running.
+func (r *restarter) run(ctx context.Context, interval time.Duration) {
+	defer r.wait()
+	r.s.every(ctx, interval, r.pass)
+}
+
+// pass brings every worker the user wants running towards running: it
+// forgets the restart streak of a worker that stayed healthy, schedules a
+// restart, with backoff, for one whose process ended, and starts, per
+// hive, the restarts that are due. Then it reconciles deployments.
+func (r *restarter) pass(ctx context.Context) {
+	workers, err := r.s.store.Workers(ctx, true)
 	if err != nil {
-		s.log.Error("reconcile: list workers", "error", err)
+		r.s.log.Error("reconcile: list workers", "error", err)
 		return
 	}
+
+	due := make(map[string][]string) // hive: ids of workers to restart
+	var hives []string
 	for _, wk := range workers {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := s.reconcileWorker(ctx, wk); err != nil {
-			s.log.Error("reconcile worker", "worker_id", wk.ID, "error", err)
+		if r.inFlight(wk.ID) {
+			continue // its restart is the running one's to do
 		}
+		restart, err := r.s.reconcileWorker(ctx, wk)
+		if err != nil {
+			r.s.log.Error("reconcile worker", "worker_id", wk.ID, "error", err)
+		}
+		if !restart || r.busy(wk.Hive) {
+			continue
+		}
+		if due[wk.Hive] == nil {
+			hives = append(hives, wk.Hive)
+		}
+		due[wk.Hive] = append(due[wk.Hive], wk.ID)
 	}
-	s.reconcileDeployments(ctx) // deploy.go
+	for _, hive := range hives {
+		r.start(ctx, hive, due[hive])
+	}
+
+	r.s.reconcileDeployments(ctx) // deploy.go
 }
 
-// reconcileWorker does reconcile's work for one worker.
-func (s *Server) reconcileWorker(ctx context.Context, wk registry.Worker) error {
+func (r *restarter) inFlight(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers[id]
+}
+
+func (r *restarter) busy(hive string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hives[hive]
+}
+
+// start restarts the workers ids on hive, one after another, in a
+// goroutine that holds hive busy until it is done.
+func (r *restarter) start(ctx context.Context, hive string, ids []string) {
+	r.mu.Lock()
+	r.hives[hive] = true
+	for _, id := range ids {
+		r.workers[id] = true
+	}
+	r.mu.Unlock()
+
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.release(hive, ids)
+		select {
+		case r.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-r.slots }()
+		for _, id := range ids {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := r.restart(ctx, id); err != nil {
+				r.s.log.Error("reconcile worker", "worker_id", id, "hive", hive, "error", err)
+			}
+		}
+	}()
+}
+
+// release marks hive, and the workers ids it restarted, no longer busy.
+func (r *restarter) release(hive string, ids []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.hives, hive)
+	for _, id := range ids {
+		delete(r.workers, id)
+	}
+}
+
+// wait waits for every restart started to end.
+func (r *restarter) wait() { r.wg.Wait() }
+
+// reconcileWorker does a pass's work for one worker, and reports whether
+// its restart is due.
+func (s *Server) reconcileWorker(ctx context.Context, wk registry.Worker) (bool, error) {
 	now := s.clock.Now()
 	if wk.State == api.WorkerReady && wk.RestartStreak > 0 && !wk.ReadyAt.IsZero() &&
 		now.Sub(wk.ReadyAt) >= healthyPeriod {
 		s.log.Info("worker healthy again", "worker_id", wk.ID, "restarts", wk.Restarts)
-		return s.store.ResetRestartStreak(ctx, wk.ID)
+		return false, s.store.ResetRestartStreak(ctx, wk.ID)
 	}
 
 	reason := restartReason(wk)
-	switch {
-	case reason == "":
-		return nil
-	case wk.NextRestart.IsZero():
-		wait := backoff(wk.RestartStreak, s.jitter())
-		if err := s.store.SetNextRestart(ctx, wk.ID, now.Add(wait), reason); err != nil {
-			return err
-		}
-		s.log.Warn("worker to be restarted", "worker_id", wk.ID, "reason", reason,
-			"in", wait, "policy", wk.Restart)
-		s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State,
-			fmt.Sprintf("%s; restarting in %s (restart %s)", reason,
-				wait.Round(time.Millisecond), wk.Restart))
-		return nil
-	case now.Before(wk.NextRestart):
+	if reason == "" || !wk.NextRestart.IsZero() {
+		return restartDue(wk, now) != "", nil
+	}
+	wait := backoff(wk.RestartStreak, s.jitter())
+	if err := s.store.SetNextRestart(ctx, wk.ID, now.Add(wait), reason); err != nil {
+		return false, err
+	}
+	s.log.Warn("worker to be restarted", "worker_id", wk.ID, "reason", reason,
+		"in", wait, "policy", wk.Restart)
+	s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State,
+		fmt.Sprintf("%s; restarting in %s (restart %s)", reason,
+			wait.Round(time.Millisecond), wk.Restart))
+	return false, nil
+}
+
+// restartDue says why wk is to be started again now, or "" when it is not
+// (yet): its restart was scheduled, and the time has come.
+func restartDue(wk registry.Worker, now time.Time) string {
+	if wk.NextRestart.IsZero() || now.Before(wk.NextRestart) {
+		return ""
+	}
+	return restartReason(wk)
+}
+
+// restartIfDue restarts worker id if its restart is still due. It reads the
+// worker again: the pass that found it due may be a while ago, when the
+// restarts before it on the same hive were slow.
+func (s *Server) restartIfDue(ctx context.Context, id string) error {
+	wk, err := s.store.Worker(ctx, id)
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil // forgotten meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	reason := restartDue(wk, s.clock.Now())
+	if reason == "" {
 		return nil
 	}
 	return s.restart(ctx, wk, reason)

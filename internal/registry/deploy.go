@@ -148,6 +148,30 @@ func (s *Store) RetireWorker(ctx context.Context, id string) error {
 		next_restart_at = NULL WHERE id = ?`, id)
 }
 
+// RetireDownWorker gives up on worker id, whose process ended or was lost,
+// so that another worker replaces it: its desired state turns stopped, no
+// restart stays pending, and a lost one is recorded stopped with errMsg,
+// so that a late heartbeat tells it to exit (a failed or exited one keeps
+// how it ended). Only a worker still wanted running and still down (lost,
+// failed or stopped) is touched; it reports whether it was, so that a
+// heartbeat or a restart that got there first wins.
+func (s *Store) RetireDownWorker(ctx context.Context, id, errMsg string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE workers SET desired = 'stopped',
+		next_restart_at = NULL,
+		error = CASE WHEN state = 'lost' THEN ? ELSE error END,
+		state = CASE WHEN state = 'lost' THEN 'stopped' ELSE state END
+		WHERE id = ? AND desired = 'running' AND state IN ('lost', 'failed', 'stopped')`,
+		errMsg, id)
+	if err != nil {
+		return false, fmt.Errorf("retire down worker %q: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("retire down worker %q: %w", id, err)
+	}
+	return n == 1, nil
+}
+
 // StopAllWorkers makes the desired state of every worker stopped, so that
 // nothing starts them again, and returns how many it changed.
 func (s *Store) StopAllWorkers(ctx context.Context) (int, error) {

@@ -99,3 +99,40 @@ func TestStopAllWorkers(t *testing.T) {
 	assert.Check(t, is.Equal(w1.Desired, DesiredStopped))
 	assert.Check(t, is.Equal(w1.State, api.WorkerStarting), "the observed state is left alone")
 }
+
+func TestRetireDownWorker(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	mustCreate(t, s, newWorker("lost", created), newWorker("failed", created.Add(1)),
+		newWorker("ready", created.Add(2)))
+	assert.NilError(t, s.SetState(ctx, "lost", api.WorkerLost, "no heartbeat"))
+	assert.NilError(t, s.SetState(ctx, "failed", api.WorkerFailed, "out of memory"))
+	assert.NilError(t, s.SetState(ctx, "ready", api.WorkerReady, ""))
+
+	for _, id := range []string{"lost", "failed"} {
+		ok, err := s.RetireDownWorker(ctx, id, "replaced")
+		assert.NilError(t, err)
+		assert.Check(t, ok, id)
+		ok, err = s.RetireDownWorker(ctx, id, "replaced")
+		assert.NilError(t, err)
+		assert.Check(t, !ok, "%s: retired once only", id)
+	}
+	lost, err := s.Worker(ctx, "lost")
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(lost.State, api.WorkerStopped), "a late heartbeat is told to exit")
+	assert.Check(t, is.Equal(lost.Error, "replaced"))
+	assert.Check(t, is.Equal(lost.Desired, DesiredStopped))
+	failed, err := s.Worker(ctx, "failed")
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(failed.State, api.WorkerFailed), "keeps how it ended")
+	assert.Check(t, is.Equal(failed.Error, "out of memory"))
+	assert.Check(t, is.Equal(failed.Desired, DesiredStopped))
+
+	// A worker that beats again is not down: left alone.
+	ok, err := s.RetireDownWorker(ctx, "ready", "replaced")
+	assert.NilError(t, err)
+	assert.Check(t, !ok)
+	ready, err := s.Worker(ctx, "ready")
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(ready.Desired, DesiredRunning))
+}

@@ -36,6 +36,10 @@ type Config struct {
 	Token     string
 	DrainWait time.Duration
 	Verbose   bool
+
+	// StatusFile is where the worker says that the queen no longer knows
+	// it (api.WorkerQueenStatus); empty: nowhere.
+	StatusFile string
 }
 
 // maxDefaultCtx caps the default context per slot, so that a model trained
@@ -62,6 +66,8 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Host, "host", "127.0.0.1", "address to listen on")
 	fs.IntVar(&c.Port, "port", 0, "port to listen on (0: any free port)")
 	fs.StringVar(&c.QueenURL, "queen-url", "", "queen to heartbeat to (empty: none)")
+	fs.StringVar(&c.StatusFile, "status-file", "",
+		"file to write while the queen answers heartbeats 404 (empty: none)")
 	fs.IntVar(&c.ReadyFD, "ready-fd", 0, "file descriptor to report the port on once listening")
 	fs.DurationVar(&c.DrainWait, "drain-timeout", 10*time.Second,
 		"on SIGTERM, how long in-flight requests may take to finish")

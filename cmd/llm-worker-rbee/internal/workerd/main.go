@@ -170,9 +170,11 @@ func (w *worker) startHeartbeats(ctx context.Context) *beatLoop {
 	if w.cfg.QueenURL == "" {
 		return &beatLoop{retired: make(chan struct{})}
 	}
+	status := newQueenStatusFile(w.cfg.StatusFile, w.cfg.QueenURL, w.log)
 	sender := heartbeat.NewSender(heartbeat.SenderConfig{
 		QueenURL: w.cfg.QueenURL, Token: w.cfg.Token, Logger: w.log,
 		MaxBackoff: 5 * time.Second,
+		Observe:    func(err error) { status.observe(err, time.Now()) },
 	}, w.heartbeat)
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	b := &beatLoop{sender: sender, cancel: cancel, done: make(chan struct{}),
