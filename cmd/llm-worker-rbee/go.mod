@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/NVIDIA/go-nvml v0.12.9-0
+	github.com/google/renameio/v2 v2.0.2
 	github.com/gpustack/gguf-parser-go v0.28.2
 	github.com/ollama/ollama v0.6.5
 	github.com/prometheus/client_golang v1.25.0

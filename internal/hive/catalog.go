@@ -154,22 +154,7 @@ func writeManifest(dir string, m api.Model) error {
 	if err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".manifest.tmp*")
-	if err != nil {
-		return fmt.Errorf("write manifest: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	_, err = tmp.Write(append(data, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if closeErr := tmp.Close(); err == nil {
-		err = closeErr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, manifestFile))
-	}
-	if err != nil {
+	if err := writeFileAtomic(filepath.Join(dir, manifestFile), data); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	return nil

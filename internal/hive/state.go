@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/rbee-dev/rbee/internal/api"
 )
 
@@ -150,23 +152,7 @@ func (s store) write(w api.HiveWorker) error {
 		return fmt.Errorf("encode worker record: %w", err)
 	}
 
-	tmp, err := os.CreateTemp(s.dir, "."+w.ID+".json.tmp*")
-	if err != nil {
-		return fmt.Errorf("write worker record: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-
-	_, err = tmp.Write(append(data, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if closeErr := tmp.Close(); err == nil {
-		err = closeErr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), s.recordPath(w.ID))
-	}
-	if err != nil {
+	if err := writeFileAtomic(s.recordPath(w.ID), data); err != nil {
 		return fmt.Errorf("write worker record: %w", err)
 	}
 	return nil
@@ -209,4 +195,13 @@ func (s store) list() ([]api.HiveWorker, []error, error) {
 	}
 	sort.Slice(workers, func(i, j int) bool { return workers[i].ID < workers[j].ID })
 	return workers, warnings, nil
+}
+
+// writeFileAtomic writes data (and a final newline) to path, readable by
+// the owner only, through a synced temporary file in the same directory
+// and a rename: a reader sees the old file, or none, or the new one, never
+// a part.
+func writeFileAtomic(path string, data []byte) error {
+	return renameio.WriteFile(path, append(data, '\n'), 0o600,
+		renameio.WithTempDir(filepath.Dir(path)))
 }
