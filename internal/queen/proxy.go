@@ -72,6 +72,9 @@ func (s *Server) callWorker(ctx context.Context, l *lease, path string, data []b
 	req.Header.Set("Authorization", "Bearer "+l.token)
 	resp, err = s.client.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			s.router.suspect(l.workerID)
+		}
 		return nil, true, httpapi.Upstream(err, "worker %s did not answer", l.workerID)
 	}
 	if resp.StatusCode == http.StatusOK {

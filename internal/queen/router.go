@@ -28,6 +28,13 @@ type route struct {
 	state      api.WorkerState
 	slotsTotal int
 	busy       int // slots claimed by requests in flight through this queen
+	// suspect is set when the queen could not connect to the worker, and
+	// cleared by its next heartbeat: until then it gets requests only when
+	// no other worker of its model can take them. A dead worker is lost
+	// only at its heartbeat deadline, seconds later; without this every
+	// request until then would try it first (and a dead host costs a
+	// whole connect timeout).
+	suspect bool
 }
 
 // router picks a worker with a free slot for each request, and keeps
@@ -57,6 +64,7 @@ func (r *router) update(id, model, url, token string, state api.WorkerState, slo
 		r.routes[id] = rt
 	}
 	rt.model, rt.token, rt.state, rt.slotsTotal = model, token, state, slots
+	rt.suspect = false // it just beat: it is alive
 	if url != "" {
 		rt.url = url
 	}
@@ -86,6 +94,16 @@ func (r *router) setState(id string, state api.WorkerState) {
 	if rt, ok := r.routes[id]; ok {
 		rt.state = state
 		r.broadcast()
+	}
+}
+
+// suspect marks worker id as one the queen could not reach; see
+// route.suspect.
+func (r *router) suspect(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rt, ok := r.routes[id]; ok {
+		rt.suspect = true
 	}
 }
 
@@ -214,8 +232,8 @@ func (r *router) wait(ctx context.Context, model, exclude string) (*lease, error
 }
 
 // tryClaim claims a slot on the ready worker of model with a free slot and
-// the fewest busy ones (ties go to the lowest id), or says why none can
-// ever serve it. (nil, nil) means: all busy, wait. It runs on every
+// the fewest busy ones (ties go to the lowest id; a suspect worker only
+// when no other has a free slot), or says why none can ever serve it. (nil, nil) means: all busy, wait. It runs on every
 // request, so it allocates nothing until it has found a worker. Callers
 // hold mu.
 func (r *router) tryClaim(model, exclude string) (*lease, error) {
@@ -233,7 +251,7 @@ func (r *router) tryClaim(model, exclude string) (*lease, error) {
 		if rt.busy >= rt.slotsTotal {
 			continue
 		}
-		if best == nil || rt.busy < best.busy || (rt.busy == best.busy && rt.id < best.id) {
+		if best == nil || better(rt, best) {
 			best = rt
 		}
 	}
@@ -256,6 +274,18 @@ func (r *router) tryClaim(model, exclude string) (*lease, error) {
 		})
 	}
 	return l, nil
+}
+
+// better reports whether route a should take a request before route b:
+// not suspect first, then the fewest busy slots, then the lowest id.
+func better(a, b *route) bool {
+	if a.suspect != b.suspect {
+		return !a.suspect
+	}
+	if a.busy != b.busy {
+		return a.busy < b.busy
+	}
+	return a.id < b.id
 }
 
 // statesOf names the state of every worker of model, for an error that

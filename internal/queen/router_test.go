@@ -646,3 +646,22 @@ func TestRemove(t *testing.T) {
 	r.remove("w-unknown")
 	assert.Equal(t, len(r.routes), 0)
 }
+
+func TestSuspectWorkerIsTriedLast(t *testing.T) {
+	r := newTestRouter(t,
+		testWorker{id: "w-a", state: api.WorkerReady, slots: 2},
+		testWorker{id: "w-b", state: api.WorkerReady, slots: 2, busy: 1})
+	r.suspect("w-a")
+
+	l := mustAcquire(t, r)
+	assert.Check(t, is.Equal(l.workerID, "w-b"), "the reachable worker, though busier")
+	l2 := mustAcquire(t, r)
+	assert.Check(t, is.Equal(l2.workerID, "w-a"), "no one else has a free slot")
+	l.release()
+	l2.release()
+
+	r.update("w-a", testModel, "", "token-w-a", api.WorkerReady, 2) // it beat again
+	l = mustAcquire(t, r)
+	assert.Check(t, is.Equal(l.workerID, "w-a"), "a heartbeat clears the suspicion")
+	l.release()
+}
