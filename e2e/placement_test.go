@@ -133,6 +133,24 @@ func TestDownloadThenPlace(t *testing.T) {
 		assertNotInFiles(t, filepath.Dir(c.dbPath), token)
 	})
 
+	t.Run("a deployment is placed on the hives that hold the model", func(t *testing.T) {
+		c.mustRbee("model", "download", "hf:org/repo/stories260K.gguf", "--hive", "h2")
+		var d api.Deployment
+		out := c.mustRbee("deploy", "-m", "stories260K", "--name", "placed", "--replicas", "2",
+			"--json")
+		assert.NilError(t, json.Unmarshal([]byte(out), &d))
+		assert.Equal(t, d.Ready, 2)
+		for _, id := range d.Workers {
+			wk := c.worker(id)
+			assert.Check(t, wk.Hive == "h1" || wk.Hive == "h2", "placed on %s", wk.Hive)
+		}
+		assert.Assert(t, len(strings.TrimSpace(c.complete("placed"))) > 0)
+		c.mustRbee("deploy", "rm", "placed")
+		for _, id := range d.Workers {
+			assert.Check(t, is.Equal(c.worker(id).State, api.WorkerStopped))
+		}
+	})
+
 	c.mustRbee("worker", "stop", w.ID)
 	assert.Equal(t, c.worker(w.ID).State, api.WorkerStopped)
 }
