@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,22 @@ func waitForRows(t *testing.T, ctx context.Context, what string, ok func([]pageR
 	}, poll.WithTimeout(90*time.Second), poll.WithDelay(100*time.Millisecond))
 }
 
+// waitForText polls the page until the element at sel reads want.
+func waitForText(t *testing.T, ctx context.Context, sel, want string) {
+	t.Helper()
+	poll.WaitOn(t, func(poll.LogT) poll.Result {
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+			`document.querySelector(`+strconv.Quote(sel)+`)?.textContent ?? "(absent)"`))
+		if err != nil {
+			return poll.Error(err)
+		}
+		if strings.TrimSpace(got) == want {
+			return poll.Success()
+		}
+		return poll.Continue("waiting for %s to read %q; it reads %q", sel, want, got)
+	}, poll.WithTimeout(90*time.Second), poll.WithDelay(100*time.Millisecond))
+}
+
 func hasReady(rows []pageRow, id string) bool {
 	return slices.Contains(rows, pageRow{ID: id, State: string(api.WorkerReady)})
 }
@@ -119,6 +136,23 @@ func TestDashboardShowsTheFleetLiveAndSpawns(t *testing.T) {
 	})
 	assert.Equal(t, c.worker(third).State, api.WorkerReady, "the queen agrees with the page")
 
+	// A deployment created from the page's form with no replicas, scaled
+	// to one from its row, becomes ready 1/1.
+	const deployRow = `#deployments tr[data-deployment="dash"]`
+	assert.NilError(t, chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.CSS(`#deploy-model`), c.model.Path),
+		chromedp.SetValue(chromedp.CSS(`#deploy-name`), "dash"),
+		chromedp.SetValue(chromedp.CSS(`#deploy-replicas`), "0"),
+		chromedp.Click(chromedp.CSS(`#deploy-submit`)),
+		chromedp.WaitVisible(chromedp.CSS(deployRow+`[data-ready="0/0"]`)),
+		chromedp.SetValue(chromedp.CSS(deployRow+` input.replicas`), "1"),
+		chromedp.Click(chromedp.CSS(deployRow+` button[type="submit"]`)),
+	))
+	waitForText(t, ctx, deployRow+` td.ready`, "1/1")
+	d := c.deployment("dash")
+	assert.Equal(t, d.Ready, 1, "the queen agrees with the page")
+	assert.Equal(t, d.Slots, 1)
+
 	marker, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.rbeeTestMarker`))
 	assert.NilError(t, err)
 	errorsShown, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
@@ -126,6 +160,29 @@ func TestDashboardShowsTheFleetLiveAndSpawns(t *testing.T) {
 	assert.NilError(t, err)
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	assert.NilError(t, err)
+
+	// Removing it from the page (past its confirm) drains its worker.
+	_, err = chromedp.Run(ctx, chromedp.Evaluate[bool](`window.confirm = () => true; true`))
+	assert.NilError(t, err)
+	assert.NilError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(deployRow+` button.danger`)),
+		chromedp.WaitVisible(chromedp.CSS(`#deployments-empty`)),
+	))
+	// The hive's card looks for orphans on request.
+	assert.NilError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#hives [data-hive="localhost"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#hives [data-hive="localhost"] dd[data-orphans]`)),
+	))
+
+	var list api.DeploymentList
+	c.getJSON("/v1/deployments", &list)
+	assert.Equal(t, len(list.Deployments), 0, "the queen still has %v", list.Deployments)
+	var workers api.WorkerList
+	c.getJSON("/v1/workers", &workers)
+	for _, w := range workers.Workers {
+		assert.Check(t, w.ID != d.Workers[0] || w.State != api.WorkerReady,
+			"the deployment's worker %s still serves", w.ID)
+	}
 	assert.Equal(t, marker, 1, "the page was reloaded")
 	assert.Equal(t, len(errorsShown), 0, "the page shows errors: %v", errorsShown)
 

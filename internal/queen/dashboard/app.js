@@ -5,6 +5,8 @@
 const keyStore = "rbee.key";
 const state = {
   workers: [],            // GET /v1/workers
+  deployments: [],        // GET /v1/deployments
+  orphans: new Map(),     // hive name -> GCResult, {error} or {busy: true}
   hives: [],              // GET /v1/hives
   devices: new Map(),     // hive name -> devices or {error}
   models: new Map(),      // hive name -> models or {error}
@@ -222,6 +224,139 @@ function setupSpawn() {
   });
 }
 
+// ---- deployments ----
+
+async function refreshDeployments() {
+  try {
+    state.deployments = (await api("GET", "/v1/deployments")).deployments || [];
+    renderDeployments();
+  } catch (e) {
+    report("Deployments", e);
+  }
+}
+
+// deploymentPill says where d stands against its replica count.
+function deploymentPill(d) {
+  if (d.error) return el("span", { class: "pill pill-bad", title: d.error }, "failing");
+  if (d.ready === d.replicas) return el("span", { class: "pill pill-ok" }, d.replicas ? "ready" : "scaled to 0");
+  if (d.live > d.replicas) return el("span", { class: "pill pill-warn" }, "scaling down");
+  return el("span", { class: "pill pill-warn" }, "starting");
+}
+
+function renderDeployments() {
+  const body = $("deployments").tBodies[0];
+  // A replica count being typed in survives a refresh.
+  const typing = document.activeElement?.closest?.("#deployments tr[data-deployment]");
+  const kept = typing ? { name: typing.dataset.deployment,
+    value: typing.querySelector("input").value } : null;
+  const rows = state.deployments.map((d) => {
+    const replicas = el("input", { type: "number", min: "0", value: String(d.replicas),
+      class: "replicas", title: "replicas wanted" });
+    const scale = el("button", { class: "small", type: "submit", title: "set the replica count" }, "Scale");
+    const form = el("form", { class: "inline" }, replicas, scale);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      scaleDeployment(d, parseInt(replicas.value, 10), scale);
+    });
+    const remove = el("button", { class: "small danger", title: "forget this deployment, drain and stop its workers" }, "Remove");
+    remove.addEventListener("click", () => removeDeployment(d.name, remove));
+    const status = [deploymentPill(d)];
+    if (d.error) {
+      const retry = d.next_spawn ? " (retrying " + new Date(d.next_spawn).toLocaleTimeString() + ")" : "";
+      status.push(el("div", { class: "error-text" }, d.error + retry));
+    }
+    return el("tr", { "data-deployment": d.name, "data-ready": d.ready + "/" + d.replicas },
+      el("td", { class: "mono", title: (d.workers || []).join(", ") }, d.name),
+      el("td", { title: d.model }, d.model),
+      el("td", {}, d.hive || el("span", { class: "hint" }, "placed")),
+      el("td", { class: "ready" }, d.ready + "/" + d.replicas),
+      el("td", {}, status),
+      el("td", {}, form),
+      el("td", {}, remove));
+  });
+  body.replaceChildren(...rows);
+  if (kept) {
+    const row = rows.find((r) => r.dataset.deployment === kept.name);
+    if (row) {
+      const input = row.querySelector("input");
+      input.value = kept.value;
+      input.focus();
+    }
+  }
+  $("deployments").hidden = state.deployments.length === 0;
+  $("deployments-empty").hidden = state.deployments.length > 0;
+  $("deployment-count").textContent = state.deployments.length ? "(" + state.deployments.length + ")" : "";
+}
+
+// deployRequest is d as a POST /v1/deployments body: every spawn setting
+// it has, so that only the replica count changes.
+function deployRequest(d, replicas) {
+  const req = { name: d.name, model: d.model, replicas };
+  for (const k of ["hive", "device", "slots", "ctx_size", "gpu_layers", "threads", "restart"]) {
+    if (d[k] !== undefined && d[k] !== null && d[k] !== "") req[k] = d[k];
+  }
+  return req;
+}
+
+async function scaleDeployment(d, replicas, button) {
+  if (!(replicas >= 0)) {
+    message("Scale " + d.name + ": the replica count must be 0 or more.");
+    return;
+  }
+  button.disabled = true;
+  button.textContent = "Scaling…";
+  try {
+    const got = await api("POST", "/v1/deployments", deployRequest(d, replicas));
+    message("Deployment " + got.name + " scaled to " + got.replicas + ".", "info");
+  } catch (e) {
+    message("Scale " + d.name + ": " + e.message);
+  }
+  document.activeElement?.blur?.();
+  refreshDeployments();
+  refreshWorkers();
+}
+
+async function removeDeployment(name, button) {
+  if (!confirm("Remove deployment " + name + "? Its workers are drained and stopped.")) return;
+  button.disabled = true;
+  button.textContent = "Removing…";
+  try {
+    const got = await api("DELETE", "/v1/deployments/" + encodeURIComponent(name));
+    const n = (got.workers || []).length;
+    message("Deployment " + name + " removed; " + n + " worker" + (n === 1 ? "" : "s") + " stopped.", "info");
+  } catch (e) {
+    message("Remove " + name + ": " + e.message);
+  }
+  refreshDeployments();
+  refreshWorkers();
+}
+
+function setupDeploy() {
+  $("deploy-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const req = { model: $("deploy-model").value.trim(),
+      replicas: parseInt($("deploy-replicas").value, 10) || 0 };
+    if ($("deploy-name").value.trim()) req.name = $("deploy-name").value.trim();
+    const slots = parseInt($("deploy-slots").value, 10);
+    if (slots > 0) req.slots = slots;
+    const button = $("deploy-submit");
+    button.disabled = true;
+    button.textContent = "Deploying…";
+    try {
+      const d = await api("POST", "/v1/deployments", req);
+      message("Deployment " + d.name + " recorded: " + d.live + " of " + d.replicas +
+        " worker" + (d.replicas === 1 ? "" : "s") + " started.", "info");
+    } catch (err) {
+      message("Deploy: " + err.message);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Deploy";
+    }
+    refreshDeployments();
+    refreshWorkers();
+  });
+}
+
 // ---- hives, devices, models ----
 
 async function refreshHives() {
@@ -245,6 +380,28 @@ async function refreshHives() {
   }));
   renderHives();
   renderModels();
+}
+
+// refreshHiveList rereads the hives after a probe: their devices and
+// models only when one is new or its reachability changed (the queen
+// probes every hive every few seconds; asking each for its devices as
+// often would be wasteful).
+async function refreshHiveList() {
+  const before = new Map(state.hives.map((h) => [h.name, hiveReachable(h)]));
+  let hives;
+  try {
+    hives = (await api("GET", "/v1/hives")).hives || [];
+  } catch (e) {
+    report("Hives", e);
+    return;
+  }
+  if (hives.length !== before.size || hives.some((h) =>
+    !before.has(h.name) || before.get(h.name) !== (h.checked_at ? h.reachable : before.get(h.name)))) {
+    refreshHives();
+    return;
+  }
+  state.hives = hives;
+  renderHives();
 }
 
 function renderHiveChoices() {
@@ -273,15 +430,69 @@ function renderDevices(d) {
 
 // hivePill says how the last contact with h went: its own check, else
 // whether it answered for its devices.
-function hivePill(h) {
+function hiveReachable(h) {
+  if (h.checked_at) return h.reachable;
   const d = state.devices.get(h.name);
-  if (h.reachable || (d && !d.error)) return el("span", { class: "pill pill-ok" }, "reachable");
-  if (h.last_error || (d && d.error)) return el("span", { class: "pill pill-bad" }, "unreachable");
+  if (h.reachable || (d && !d.error)) return true;
+  if (h.last_error || (d && d.error)) return false;
+  return null;
+}
+
+function hivePill(h) {
+  const checked = h.checked_at ? "checked " + new Date(h.checked_at).toLocaleTimeString() : "";
+  switch (hiveReachable(h)) {
+    case true: return el("span", { class: "pill pill-ok", title: checked }, "reachable");
+    case false: return el("span", { class: "pill pill-bad", title: checked }, "unreachable");
+  }
   return el("span", { class: "pill" }, "not checked");
 }
 
+// ---- orphans ----
+
+function renderOrphans(h) {
+  const find = el("button", { class: "small", title: "list worker processes on this hive that the queen does not want" }, "Find orphans");
+  find.addEventListener("click", () => findOrphans(h.name, false));
+  const res = state.orphans.get(h.name);
+  if (!res) return el("dd", {}, find);
+  if (res.busy) return el("dd", { class: "hint" }, "asking…");
+  if (res.error) return el("dd", {}, el("div", { class: "error-text" }, res.error), find);
+  const orphans = res.orphans || [];
+  const parts = [];
+  if (!orphans.length) parts.push(el("span", { class: "hint" }, "none "));
+  else {
+    parts.push(el("ul", { class: "orphans" }, orphans.map((o) =>
+      el("li", { class: o.error ? "error-text" : "" },
+        el("span", { class: "mono" }, o.id || o.pid || "?"), ": ", o.reason,
+        res.dry_run ? "" : o.done ? " (" + (o.action === "stop" ? "stopped" : "record removed") + ")"
+          : " (" + (o.error || "not done") + ")"))));
+    if (res.dry_run) {
+      const gc = el("button", { class: "small danger", title: "stop these processes and remove the records of ended ones" },
+        "Collect " + orphans.length);
+      gc.addEventListener("click", () => {
+        if (confirm("Stop " + orphans.length + " orphan(s) on " + h.name + "?")) findOrphans(h.name, true);
+      });
+      parts.push(gc, " ");
+    }
+  }
+  parts.push(find);
+  return el("dd", { "data-orphans": String(orphans.length) }, parts);
+}
+
+async function findOrphans(name, gc) {
+  state.orphans.set(name, { busy: true });
+  renderHives();
+  const path = "/v1/hives/" + encodeURIComponent(name) + (gc ? "/gc" : "/orphans");
+  try {
+    state.orphans.set(name, await api(gc ? "POST" : "GET", path));
+  } catch (e) {
+    state.orphans.set(name, { error: e.message });
+  }
+  renderHives();
+}
+
 function renderHives() {
-  const cards = state.hives.map((h) => el("div", { class: "card", "data-hive": h.name },
+  const cards = state.hives.map((h) => el("div", { class: "card" +
+      (hiveReachable(h) === false ? " card-bad" : ""), "data-hive": h.name },
     el("h3", {}, h.name, hivePill(h)),
     el("dl", {},
       el("dt", {}, "Host"), el("dd", { class: "mono" },
@@ -289,7 +500,8 @@ function renderHives() {
       el("dt", {}, "Version"), el("dd", {}, h.version || "–"),
       el("dt", {}, "System"), el("dd", {}, h.os ? h.os + "/" + h.arch : "–"),
       el("dt", {}, "Devices"), renderDevices(state.devices.get(h.name)),
-      h.last_error ? [el("dt", {}, "Error"), el("dd", { class: "error-text" }, h.last_error)] : null)));
+      h.last_error ? [el("dt", {}, "Error"), el("dd", { class: "error-text" }, h.last_error)] : null,
+      el("dt", {}, "Orphans"), renderOrphans(h))));
   $("hives").replaceChildren(...(cards.length ? cards
     : [el("p", { class: "empty" }, "No hives. Add one with `rbee hive add`.")]));
 }
@@ -434,12 +646,13 @@ const events = {
       this.retry = 1000;
       setConn("live", "pill-live");
       refreshWorkers();
+      refreshDeployments();
     };
     ws.onmessage = (m) => {
       const ev = JSON.parse(m.data);
       if (ev.type === "summary") summary(ev);
       else if (ev.type === "worker") workerEvent(ev);
-      else if (ev.type === "hive") soon(refreshHives);
+      else if (ev.type === "hive") soon(refreshHiveList);
     };
     ws.onclose = (c) => {
       if (this.ws !== ws) return;
@@ -473,12 +686,14 @@ function workerEvent(ev) {
     message("Worker " + ev.worker_id + " " + ev.state + (ev.reason ? ": " + ev.reason : ""));
   }
   soon(refreshWorkers);
+  soon(refreshDeployments);
 }
 
 // ---- start ----
 
 function refreshAll() {
   refreshWorkers();
+  refreshDeployments();
   refreshHives();
 }
 
@@ -486,6 +701,10 @@ document.addEventListener("DOMContentLoaded", () => {
   setupKey();
   setupSpawn();
   setupDownload();
+  setupDeploy();
   refreshAll();
   events.connect();
+  // Deployments also change without a worker event (a failed spawn, a
+  // retry scheduled): look again now and then.
+  setInterval(() => { if (!document.hidden) refreshDeployments(); }, 5000);
 });
