@@ -26,7 +26,7 @@ type Model struct {
 	// (all layers offloaded), in bytes.
 	MemoryEstimate MemoryEstimate `json:"memory_estimate"`
 
-	AddedAt    time.Time `json:"added_at"`
+	AddedAt    time.Time `json:"added_at,omitzero"`
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
 }
 
@@ -122,20 +122,11 @@ type Catalog struct {
 	Unreachable []CatalogHiveError `json:"unreachable,omitempty"`
 }
 
-// CatalogModel is one model file of the Catalog. Its fields are those of
-// the hives' manifests (identical for the same sha256).
+// CatalogModel is one model file of the Catalog: the hives' manifest
+// (identical for the same sha256) without what differs from hive to hive
+// (path, dates), and the hives that hold it.
 type CatalogModel struct {
-	Name           string         `json:"name"`
-	File           string         `json:"file"`
-	Source         string         `json:"source"`
-	Revision       string         `json:"revision,omitempty"`
-	Size           int64          `json:"size"`
-	SHA256         string         `json:"sha256"`
-	Architecture   string         `json:"architecture,omitempty"`
-	Parameters     uint64         `json:"parameters,omitempty"`
-	Quantization   string         `json:"quantization,omitempty"`
-	ContextLength  uint64         `json:"context_length,omitempty"`
-	MemoryEstimate MemoryEstimate `json:"memory_estimate"`
+	Model
 	// Hives hold this very file under Name, sorted.
 	Hives []string `json:"hives"`
 	// NameConflict: another entry has the same Name but another file (a

@@ -150,12 +150,12 @@ func TestModelList(t *testing.T) {
 		"GET /v1/catalog": func(w http.ResponseWriter, _ *http.Request) {
 			reply(w, http.StatusOK, api.Catalog{
 				Models: []api.CatalogModel{
-					{Name: "tiny", Size: 1 << 20, Architecture: "llama", Parameters: 260_000,
-						Quantization: "F32", ContextLength: 512, SHA256: "aa",
-						MemoryEstimate: api.MemoryEstimate{CPURAM: 3 << 20, GPUVRAM: 4 << 20},
-						Hives:          []string{"h1", "h2"}, NameConflict: true},
-					{Name: "tiny", Size: 2 << 20, SHA256: "bb", Hives: []string{"h3"},
-						NameConflict: true},
+					{Model: api.Model{Name: "tiny", Size: 1 << 20, Architecture: "llama",
+						Parameters: 260_000, Quantization: "F32", ContextLength: 512, SHA256: "aa",
+						MemoryEstimate: api.MemoryEstimate{CPURAM: 3 << 20, GPUVRAM: 4 << 20}},
+						Hives: []string{"h1", "h2"}, NameConflict: true},
+					{Model: api.Model{Name: "tiny", Size: 2 << 20, SHA256: "bb"},
+						Hives: []string{"h3"}, NameConflict: true},
 				},
 				Unreachable: []api.CatalogHiveError{{Hive: "down",
 					Error: `could not run rbee-hive on hive "down"`}}})

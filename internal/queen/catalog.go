@@ -115,10 +115,8 @@ func mergeCatalog(lists []hiveModels) api.Catalog {
 // catalogModel is m without what differs from hive to hive (its path and
 // dates).
 func catalogModel(m api.Model) api.CatalogModel {
-	return api.CatalogModel{Name: m.Name, File: m.File, Source: m.Source, Revision: m.Revision,
-		Size: m.Size, SHA256: m.SHA256, Architecture: m.Architecture, Parameters: m.Parameters,
-		Quantization: m.Quantization, ContextLength: m.ContextLength,
-		MemoryEstimate: m.MemoryEstimate, Hives: []string{}}
+	m.Path, m.AddedAt, m.LastUsedAt = "", time.Time{}, time.Time{}
+	return api.CatalogModel{Model: m, Hives: []string{}}
 }
 
 func (s *Server) handleDeleteHiveModel(w http.ResponseWriter, r *http.Request) error {

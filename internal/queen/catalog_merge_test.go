@@ -31,10 +31,10 @@ func TestMergeCatalog(t *testing.T) {
 
 	assert.DeepEqual(t, got, api.Catalog{
 		Models: []api.CatalogModel{
-			{Name: "big", SHA256: "cc", Size: 30, Hives: []string{"h2"}},
-			{Name: "tiny", SHA256: "aa", Size: 10, Hives: []string{"h1", "h2"},
+			{Model: api.Model{Name: "big", SHA256: "cc", Size: 30}, Hives: []string{"h2"}},
+			{Model: api.Model{Name: "tiny", SHA256: "aa", Size: 10}, Hives: []string{"h1", "h2"},
 				NameConflict: true},
-			{Name: "tiny", SHA256: "bb", Size: 20, Hives: []string{"h3"}, NameConflict: true},
+			{Model: api.Model{Name: "tiny", SHA256: "bb", Size: 20}, Hives: []string{"h3"}, NameConflict: true},
 		},
 		Unreachable: []api.CatalogHiveError{{Hive: "h4", Error: down.Message}},
 	})
