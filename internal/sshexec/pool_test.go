@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbee-dev/rbee/internal/sshtest"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 	"gotest.tools/v3/poll"
+
+	"github.com/rbee-dev/rbee/internal/sshtest"
 )
 
 // TestMain gives the tests a HOME of their own, so that a developer's

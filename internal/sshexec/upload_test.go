@@ -10,9 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rbee-dev/rbee/internal/sshtest"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
+
+	"github.com/rbee-dev/rbee/internal/sshtest"
 )
 
 func TestUpload(t *testing.T) {
