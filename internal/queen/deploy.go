@@ -235,32 +235,42 @@ func tally(workers []registry.Worker,
 }
 
 // retire gives up on a dead worker of d, so that a new one replaces it.
+// The registry retires it only if it is still down, in one statement: a
+// worker that beat again since the tally (a lost one that was only slow)
+// is kept, and its process is left alone. A lost process may still run,
+// hung: it is stopped after the retirement, so that a heartbeat in between
+// reads the stopped state and is told to exit; now, or once its hive is
+// reachable again (stopStranded).
 func (s *Server) retire(ctx context.Context, d registry.Deployment, wk registry.Worker) {
 	why := fmt.Sprintf("%s: %s; deployment %s replaces it", wk.State,
 		orText(wk.Error, "no reason given"), d.Name)
-	s.forget(wk.ID)
-	var err error
-	if wk.State == api.WorkerLost {
-		// A lost process may still run, hung: stop it, now or once its hive
-		// is reachable again (stopStranded), and record it stopped, so that
-		// a late heartbeat tells it to exit.
-		if h, herr := s.store.Hive(ctx, wk.Hive); herr == nil && hiveWait(h) != "" {
-			s.deploys.strand(wk, d.Name)
-		} else if err := s.stopOnHive(ctx, wk); err != nil {
-			s.log.Warn("stop retired worker", "worker_id", wk.ID, "error", err)
-			s.deploys.strand(wk, d.Name)
-		}
-		err = s.setWorkerState(ctx, wk.ID, api.WorkerStopped, why)
-	} else {
-		err = s.store.RetireWorker(ctx, wk.ID) // keeps failed, with its error
-	}
+	ok, err := s.store.RetireDownWorker(ctx, wk.ID, why)
 	if err != nil {
 		s.log.Error("retire worker", "worker_id", wk.ID, "error", err)
+	}
+	if !ok {
 		return
+	}
+	s.forget(wk.ID)
+	if wk.State == api.WorkerLost {
+		s.stopRetired(ctx, d, wk)
 	}
 	s.noteSpawnFailure(d.Name, why)
 	s.log.Warn("worker retired", "worker_id", wk.ID, "deployment", d.Name, "reason", why)
 	s.workerEvent(wk.ID, wk.Hive, wk.Model, wk.State, why)
+}
+
+// stopRetired stops the process of retired worker wk, or leaves it to
+// stopStranded when its hive cannot be reached.
+func (s *Server) stopRetired(ctx context.Context, d registry.Deployment, wk registry.Worker) {
+	if h, err := s.store.Hive(ctx, wk.Hive); err == nil && hiveWait(h) != "" {
+		s.deploys.strand(wk, d.Name)
+		return
+	}
+	if err := s.stopOnHive(ctx, wk); err != nil {
+		s.log.Warn("stop retired worker", "worker_id", wk.ID, "error", err)
+		s.deploys.strand(wk, d.Name)
+	}
 }
 
 // noteSpawnFailure lengthens the wait before d's next spawn.

@@ -691,3 +691,92 @@ func TestPlacementSkipsAHiveTheProbeFoundDown(t *testing.T) {
 	assert.ErrorContains(t, down.err, "unreachable at its last probe")
 	assert.ErrorContains(t, down.err, "connection refused")
 }
+
+func TestDeploymentKeepsDeadWorkerThatBeatAgain(t *testing.T) {
+	ctx := context.Background()
+	s, _, hive := newFleetServer(t)
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	id := replicas(t, s).Workers[0]
+	d, err := s.store.Deployment(ctx, testModel)
+	assert.NilError(t, err)
+
+	// Lost while loading, as a pass's tally reads it; then it beats again
+	// before the pass retires it: it was only slow.
+	assert.NilError(t, s.store.SetState(ctx, id, api.WorkerLost, "no heartbeat"))
+	tallied, err := s.store.Worker(ctx, id)
+	assert.NilError(t, err)
+	beat(t, s, id, api.WorkerReady)
+	s.retire(ctx, d, tallied)
+
+	wk, err := s.store.Worker(ctx, id)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.Desired, registry.DesiredRunning))
+	assert.Check(t, is.Equal(wk.State, api.WorkerReady))
+	assert.Check(t, is.Len(hive.stopped(), 0), "its process was stopped")
+	_, retried := s.deploys.retryOf(testModel)
+	assert.Check(t, !retried, "counted as a failure")
+}
+
+func TestRestartAndDownHiveRetirementNeverBothWin(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newFleetServer(t)
+	deploy(t, s, 1)
+	d, err := s.store.Deployment(ctx, testModel)
+	assert.NilError(t, err)
+	assert.NilError(t, s.store.CreateHive(ctx, registry.Hive{Name: "gpu9", Host: "127.0.0.9",
+		SSHUser: "rbee", SSHPort: 22}))
+	assert.NilError(t, s.store.SetHiveContact(ctx, "gpu9", registry.Contact{
+		LastError: "connection refused", CheckedAt: time.Now()}))
+	h, err := s.store.Hive(ctx, "gpu9")
+	assert.NilError(t, err)
+	lostOnGPU9 := func(id string) registry.Worker {
+		t.Helper()
+		wk := registry.Worker{Worker: api.Worker{ID: id, Hive: "gpu9", Model: testModel,
+			ModelPath: "/m.gguf", Device: "cpu", Slots: 1, CreatedAt: restartStart,
+			Restart: api.RestartOnFailure}, Token: "tok", ReadyAt: restartStart}
+		assert.NilError(t, s.store.CreateWorker(ctx, wk))
+		assert.NilError(t, s.store.SetWorkerDeployment(ctx, id, testModel))
+		assert.NilError(t, s.store.SetState(ctx, id, api.WorkerLost, "no heartbeat"))
+		wk, err := s.store.Worker(ctx, id)
+		assert.NilError(t, err)
+		return wk
+	}
+
+	// The restart records first: the pass's older view of the worker
+	// retires nothing, and strands nothing.
+	first := lostOnGPU9("w-first")
+	assert.NilError(t, s.store.RecordRestart(ctx, first.ID, "new", "lost"))
+	assert.Check(t, !s.retireDown(ctx, d, first, h, hiveDownGrace))
+	wk, err := s.store.Worker(ctx, first.ID)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.Desired, registry.DesiredRunning))
+	assert.Check(t, is.Len(s.deploys.stranded, 0))
+
+	// The retirement first: the restart no longer records.
+	second := lostOnGPU9("w-second")
+	assert.Check(t, s.retireDown(ctx, d, second, h, hiveDownGrace))
+	err = s.store.RecordRestart(ctx, second.ID, "new", "lost")
+	assert.Check(t, errors.Is(err, registry.ErrNotFound), "%v", err)
+	assert.Check(t, is.Len(s.deploys.stranded, 1))
+}
+
+func TestReplacedFailedWorkerIsToldToExit(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newFleetServer(t)
+	deploy(t, s, 1)
+	s.reconcile(ctx)
+	first := replicas(t, s).Workers[0]
+	beat(t, s, first, api.WorkerFailed)
+	s.reconcile(ctx) // retired: wanted stopped, still failed
+
+	// Its process lives on after all, and beats ready.
+	wk, err := s.store.Worker(ctx, first)
+	assert.NilError(t, err)
+	_, err = s.heartbeat(ctx, api.Heartbeat{WorkerID: first, State: api.WorkerReady,
+		ProtocolVersion: api.ProtocolVersion, URL: "http://127.0.0.1:1"}, wk.Token)
+	assert.Check(t, is.Equal(httpapi.AsError(err).Status, http.StatusGone))
+	wk, err = s.store.Worker(ctx, first)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(wk.State, api.WorkerFailed), "not routable again")
+}

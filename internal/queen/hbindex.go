@@ -16,11 +16,16 @@ type hbWorker struct {
 	state                  api.WorkerState
 	slots                  int
 	gen                    uint64
+	// givenUp: the worker failed and the queen wants it stopped (a
+	// deployment replaced it, or a cascade stopped the fleet). A process
+	// that lives on after all must exit, not serve beside its replacement.
+	givenUp bool
 }
 
 func toHBWorker(w registry.Worker) hbWorker {
 	return hbWorker{id: w.ID, token: w.Token, hive: w.Hive, model: w.Model, state: w.State,
-		slots: w.Slots}
+		slots:   w.Slots,
+		givenUp: w.State == api.WorkerFailed && w.Desired == registry.DesiredStopped}
 }
 
 // hbIndex is a read-through copy of the registry's workers for heartbeats,

@@ -64,7 +64,7 @@ func (s *Server) heartbeat(ctx context.Context, hb api.Heartbeat,
 	if err := checkBeatProtocol(hb, wk.hive); err != nil {
 		return api.HeartbeatReply{}, err
 	}
-	if wk.state == api.WorkerStopped {
+	if wk.state == api.WorkerStopped || wk.givenUp {
 		return api.HeartbeatReply{}, errWorkerStopped(wk.id)
 	}
 
