@@ -240,7 +240,7 @@ func newHiveCheckCmd(root *rootOptions) *cobra.Command {
 		Use:   "check NAME",
 		Short: "Connect to a hive, run `rbee-hive version`, and show what it reports",
 		Long: "Connect to a hive and run `rbee-hive version`: reachable, version, OS and\n" +
-			"architecture. Devices are not reported yet (a later rbee adds them).\n" +
+			"architecture. Its GPUs, CPU and memory: `rbee hive devices NAME`.\n" +
 			"Exits 1 when the hive is unreachable or its rbee-hive is missing or too old.",
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -275,8 +275,7 @@ func runHiveCheck(ctx context.Context, opts *hiveActionOptions) error {
 	case h.LastError != "":
 		return errors.New(h.LastError)
 	}
-	fmt.Fprintln(opts.root.Stderr,
-		"rbee: devices: not reported yet (device detection comes with a later rbee)")
+	fmt.Fprintf(opts.root.Stderr, "rbee: devices: `rbee hive devices %s`\n", h.Name)
 	return nil
 }
 

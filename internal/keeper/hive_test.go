@@ -118,7 +118,7 @@ func TestHiveActions(t *testing.T) {
 		wantStderr string
 	}{
 		{name: "check", args: []string{"check", "gpu1"}, wantPath: "POST /v1/hives/gpu1/check",
-			wantStderr: "devices: not reported yet"},
+			wantStderr: "devices: `rbee hive devices gpu1`"},
 		{name: "check unreachable", args: []string{"check", "down"},
 			wantPath: "POST /v1/hives/down/check", wantCode: exitError,
 			wantStderr: "hive down is unreachable: connection refused"},

@@ -25,9 +25,6 @@ import (
 // command lines.
 var hiveNameSyntax = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
-// devicesNote says why a check reports no devices yet.
-const devicesNote = "devices: not reported yet (device detection comes with a later rbee)"
-
 func (s *Server) handleListHives(w http.ResponseWriter, r *http.Request) error {
 	hives, err := s.store.Hives(r.Context())
 	if err != nil {

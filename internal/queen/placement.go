@@ -268,12 +268,6 @@ func fmtBytes(n uint64) string {
 	return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
 }
 
-// hiveReports asks every hive for its devices and models (estimates for
-// one slot), all at once, within placementTimeout.
-func (s *Server) hiveReports(ctx context.Context) ([]hiveReport, error) {
-	return s.hiveReportsFor(ctx, fitRequest{})
-}
-
 // hiveReportsFor asks every hive for its devices and its models, with
 // memory estimates made for the spawn f, all at once, within
 // placementTimeout. A hive workers there could not reach the queen from,
